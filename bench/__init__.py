@@ -1,0 +1,1 @@
+"""draftlink bench package."""

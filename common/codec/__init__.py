@@ -1,0 +1,1 @@
+"""draftlink common/codec package."""

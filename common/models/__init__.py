@@ -1,0 +1,1 @@
+"""draftlink common/models package."""

@@ -1,0 +1,1 @@
+"""draftlink edge package."""

@@ -1,0 +1,34 @@
+"""Suite-wide settings: offline model hub, marker gating (real_models, netns)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _real_models_available() -> bool:
+    try:
+        from common.models.fetch import all_fetched
+    except ImportError:
+        return False
+    return bool(all_fetched())
+
+
+def _netns_available() -> bool:
+    return os.geteuid() == 0 and shutil.which("ip") is not None and shutil.which("tc") is not None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    real = _real_models_available()
+    netns = _netns_available()
+    for item in items:
+        if "real_models" in item.keywords and not real:
+            item.add_marker(pytest.mark.skip(reason="real models not fetched: run `make fetch-models`"))
+        if "netns" in item.keywords and not netns:
+            item.add_marker(pytest.mark.skip(reason="needs root with `ip` and `tc` (iproute2)"))
