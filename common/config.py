@@ -113,13 +113,14 @@ def load_config(
     parser = build_parser(cls, prog, description, prefix)
     args = parser.parse_args(list(argv) if argv is not None else None)
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    fields = dataclasses.fields(cls)  # type: ignore[arg-type]  # cls is a dataclass type
+    names = {f.name for f in fields}
     unknown = sorted(k for k in env if k.startswith(prefix) and k[len(prefix) :].lower() not in names)
     if unknown:
         known = ", ".join(env_key(prefix, n) for n in sorted(names))
         raise ConfigError(f"unknown environment key(s) {', '.join(unknown)}; known keys: {known}")
     values: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
+    for f in fields:
         cli = getattr(args, f.name)
         if cli is not None:
             values[f.name] = cli if not isinstance(cli, str) else _convert(f.name, cli, hints[f.name])
