@@ -1,1 +1,1 @@
-"""draftlink cloud package."""
+"""draftlink cloud: the verifier service (gRPC), its sessions and the target model worker."""

@@ -1,0 +1,65 @@
+"""The cloud verifier's configuration: one frozen dataclass, a flag and DRAFTLINK_CLOUD_* twin per field."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from common.config import field, load_config
+from common.errors import ConfigError
+
+ENV_PREFIX = "DRAFTLINK_CLOUD_"
+DEVICES = ("cpu", "cuda", "auto")
+DTYPES = ("float32", "bfloat16", "float16")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+@dataclass(frozen=True)
+class CloudConfig:
+    """Everything `draftlink-cloud` can be told (flag > env > default)."""
+
+    model: str = field("builtin:qwen2.5-coder-1.5b", "target model spec (builtin:, hf:, gguf:)")
+    host: str = field("127.0.0.1", "address the gRPC and metrics servers bind to")
+    port: int = field(50051, "gRPC port (0 = pick a free port)")
+    metrics_port: int = field(9101, "Prometheus /metrics port (0 = disabled)")
+    max_sessions: int = field(16, "concurrent Session + Generate streams")
+    session_idle_timeout: float = field(60.0, "seconds a session may wait for its next message")
+    max_draft_len: int = field(16, "drafts per DraftBlock")
+    max_prompt_tokens: int = field(8192, "prompt length limit in tokens")
+    max_new_tokens: int = field(4096, "upper bound of a request's max_new_tokens")
+    device: str = field("cpu", "cpu, cuda, or auto (device_map=auto over all GPUs)", choices=DEVICES)
+    dtype: str = field("float32", "model weights dtype", choices=DTYPES)
+    fast_linear: bool = field(False, "use the models package's fast linear kernels")
+    torch_threads: int = field(0, "torch intra-op threads for the model worker (0 = torch's default)")
+    grace_period: float = field(10.0, "seconds in-flight streams get to finish on SIGTERM")
+    log_level: str = field("INFO", "log level", choices=LOG_LEVELS)
+
+    def validate(self) -> None:
+        """Raise ConfigError for values the server cannot run with."""
+        positive = ("max_sessions", "max_draft_len", "max_prompt_tokens", "max_new_tokens")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("port", "metrics_port"):
+            if not 0 <= getattr(self, name) <= 65535:
+                raise ConfigError(f"{name} must be in [0, 65535], got {getattr(self, name)}")
+        if not self.session_idle_timeout > 0:
+            raise ConfigError(f"session_idle_timeout must be > 0, got {self.session_idle_timeout}")
+        if not self.grace_period >= 0:
+            raise ConfigError(f"grace_period must be >= 0, got {self.grace_period}")
+        if self.torch_threads < 0:
+            raise ConfigError(f"torch_threads must be >= 0, got {self.torch_threads}")
+        if self.max_draft_len > 255:
+            raise ConfigError(f"max_draft_len must be <= 255, got {self.max_draft_len}")
+
+
+def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> CloudConfig:
+    """Resolve the config from argv, DRAFTLINK_CLOUD_* env keys and defaults."""
+    return load_config(
+        CloudConfig,
+        argv,
+        prog="draftlink-cloud",
+        description="draftlink cloud verifier: serves draftlink.v1.Verifier over gRPC.",
+        prefix=ENV_PREFIX,
+        env=env,
+    )

@@ -1,0 +1,228 @@
+"""Test helpers that ship with the product: a CloudServer on its own thread and event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+
+from cloud.app import CloudServer
+from cloud.config import CloudConfig
+from common.codec import Codec, Draft
+from common.models import CachedLM, LoadedModel, load_model
+from common.rpc import convert as cv
+from common.rpc import pb
+from common.sampling import probs_from_logits
+from common.types import SamplingParams
+
+T = TypeVar("T")
+
+
+def tiny_config(**overrides: Any) -> CloudConfig:
+    """A loopback config for tests: tiny target, ephemeral port, no metrics HTTP server."""
+    base = CloudConfig(model="builtin:tiny-target", port=0, metrics_port=0, grace_period=2.0)
+    return dataclasses.replace(base, **overrides)
+
+
+class ServerThread:
+    """Run a CloudServer on a background thread (sync tests and blocking gRPC clients can use it)."""
+
+    def __init__(self, cfg: CloudConfig | None = None, lm: LoadedModel | None = None) -> None:
+        self.cfg = cfg or tiny_config()
+        self.lm = lm if lm is not None else load_model(self.cfg.model)
+        self.loop = asyncio.new_event_loop()
+        self.server = CloudServer(self.cfg, lm=self.lm)
+        self._thread = threading.Thread(target=self.loop.run_forever, name="cloud-test-loop", daemon=True)
+        self._cond = threading.Condition()
+        self._live = 0
+        self._queued = 0
+        self.server.state.manager.add_listener(self._on_live)
+        self.server.state.worker.listeners.append(self._on_queued)
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    @property
+    def address(self) -> str:
+        return f"{self.cfg.host}:{self.port}"
+
+    def call(self, fn: Callable[[], Any], timeout: float = 30.0) -> Any:
+        """Run a coroutine factory on the server's loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(fn(), self.loop).result(timeout)
+
+    def start(self, load: bool = True) -> ServerThread:
+        """Serve (health NOT_SERVING), then load the model unless told not to (see `load`)."""
+        self._thread.start()
+        self.call(self.server.start)
+        if load:
+            self.load()
+        return self
+
+    def load(self) -> None:
+        """Finish start-up: the model becomes available and health reports SERVING."""
+        self.call(self.server.load)
+
+    def stop(self, grace: float = 0.0) -> None:
+        if self._thread.is_alive():
+            self.call(lambda: self.server.stop(grace), timeout=grace + 30.0)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(10)
+        self.loop.close()
+
+    def _on_live(self, count: int) -> None:
+        with self._cond:
+            self._live = count
+            self._cond.notify_all()
+
+    def _on_queued(self, depth: int) -> None:
+        with self._cond:
+            self._queued = depth
+            self._cond.notify_all()
+
+    def wait_queued(self, depth: int, timeout: float = 10.0) -> bool:
+        """Block until the model worker holds exactly `depth` jobs (queued + running)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._queued == depth, timeout)
+
+    def wait_live(self, count: int, timeout: float = 10.0) -> bool:
+        """Block until the live-session count equals `count` (event-driven, no polling)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._live == count, timeout)
+
+    def __enter__(self) -> ServerThread:
+        return self.start()
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+_END = object()
+
+
+class SyncSession:
+    """A blocking Session stream client for tests: send domain messages, receive domain replies."""
+
+    def __init__(self, channel: grpc.Channel, timeout: float = 30.0) -> None:
+        self._queue: queue.Queue[object] = queue.Queue()
+        self.call = cv.verifier_stub(channel).Session(iter(self._queue.get, _END), timeout=timeout)
+
+    def send(self, message: cv.SessionMessage | pb.SessionRequest) -> None:
+        """Queue one message (domain object or raw protobuf)."""
+        raw = message if isinstance(message, pb.SessionRequest) else cv.session_message_to_pb(message)
+        self._queue.put(raw)
+
+    def recv(self) -> cv.SessionReply:
+        """The next reply; grpc.RpcError when the stream ended with an error status."""
+        return cv.session_reply_from_pb(next(self.call))
+
+    def half_close(self) -> None:
+        self._queue.put(_END)
+
+    def finish(self) -> grpc.StatusCode:
+        """Half-close, drain the remaining replies, return the final status code."""
+        self.half_close()
+        for _ in self.call:
+            pass
+        return self.call.code()
+
+    def cancel(self) -> None:
+        self.call.cancel()
+
+    def open(self, req: cv.OpenRequest) -> cv.Opened:
+        self.send(req)
+        reply = self.recv()
+        assert isinstance(reply, cv.Opened), reply
+        return reply
+
+    def round(self, round_no: int, payload: bytes) -> cv.Verdict:
+        self.send(cv.Block(round_no, payload))
+        reply = self.recv()
+        assert isinstance(reply, cv.Verdict), reply
+        return reply
+
+
+# ── a reference client: drafting with a small model, driving a whole session ────────────────────
+
+
+def greedy_tokens(lm: LoadedModel, prompt: Sequence[int], n: int) -> list[int]:
+    """The target's own greedy continuation (argmax, lowest id on ties), n tokens."""
+    cache = CachedLM(lm)
+    logits = cache.extend(list(prompt))[-1]  # [V]
+    out: list[int] = []
+    for _ in range(n):
+        probs = probs_from_logits(logits.numpy()[None, :], 0.0, 1.0)  # [1, V] one-hot
+        out.append(int(np.argmax(probs[0])))
+        logits = cache.extend([out[-1]])[-1]
+    return out
+
+
+class ReferenceDrafter:
+    """Drafts L tokens with a small model: q from the drafter, q̂ and the token from the codec."""
+
+    def __init__(self, lm: LoadedModel, codec: Codec, params: SamplingParams, seed: int = 0) -> None:
+        self.lm = lm
+        self.codec = codec
+        self.params = params
+        self.rng = np.random.default_rng(seed)
+
+    def draft(self, tokens: Sequence[int], n: int) -> list[Draft]:
+        """n drafts continuing `tokens` (a fresh drafter cache each round: simple, not fast)."""
+        cache = CachedLM(self.lm)
+        logits = cache.extend(list(tokens))[-1:]  # [1, V]
+        drafts: list[Draft] = []
+        for i in range(n):
+            q = probs_from_logits(logits.numpy(), self.params.temperature, self.params.top_p)[0]  # [V]
+            drafts.append(self.codec.compress(q, self.rng))
+            if i + 1 < n:
+                logits = cache.extend([drafts[-1].token])  # [1, V]
+        return drafts
+
+
+@dataclass
+class SessionRun:
+    """What a driven session produced."""
+
+    output: list[int]
+    verdicts: list[cv.Verdict]
+    payload_bytes: int
+
+
+def run_session(
+    channel: grpc.Channel,
+    target: LoadedModel,
+    drafter: ReferenceDrafter,
+    prompt: Sequence[int],
+    draft_len: int,
+    timeout: float = 60.0,
+) -> SessionRun:
+    """Open a session and loop draft → verdict until the cloud says finished."""
+    session = SyncSession(channel, timeout)
+    req = cv.OpenRequest(tuple(prompt), drafter.params, drafter.codec.spec, target.fingerprint)
+    session.open(req)
+    tokens, sent = list(prompt), 0
+    verdicts: list[cv.Verdict] = []
+    while True:
+        drafts = drafter.draft(tokens, draft_len)
+        payload = drafter.codec.encode(drafts)
+        sent += len(payload)
+        verdict = session.round(len(verdicts), payload)
+        verdicts.append(verdict)
+        tokens += [d.token for d in drafts[: verdict.accepted]]
+        if verdict.next_token is not None:
+            tokens.append(verdict.next_token)
+        if verdict.finished:
+            break
+    code = session.finish()
+    assert code == grpc.StatusCode.OK, code
+    return SessionRun(tokens[len(prompt) :], verdicts, sent)

@@ -1,0 +1,262 @@
+"""The verifier core, free of gRPC: validate an open, verify draft blocks, generate autoregressively.
+
+Everything here is synchronous and runs on the model worker thread; one object per session.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from common.codec import BITSTREAM_VERSION, Codec, Draft, make_codec
+from common.errors import CodecError
+from common.models import CachedLM, LoadedModel
+from common.rpc.convert import OpenRequest, Verdict
+from common.rpc.status import InvalidRequestError, PreconditionError, ProtocolError
+from common.sampling import probs_from_logits, verify
+from common.types import FinishReason, SamplingParams
+
+PREFILL_CHUNK = 512  # tokens per prefill forward: bounds the [n, V] float32 logits of one forward
+
+
+@dataclass(frozen=True)
+class VerifierLimits:
+    """The request limits the core enforces (a narrow view of CloudConfig)."""
+
+    max_draft_len: int
+    max_prompt_tokens: int
+    max_new_tokens: int
+
+
+# ── request validation (pure) ──────────────────────────────────────────────────────────────────
+
+
+def check_prompt(prompt: Sequence[int], vocab_size: int, limits: VerifierLimits) -> None:
+    """Non-empty, within the limit, every id < V (InvalidRequestError)."""
+    if not prompt:
+        raise InvalidRequestError("prompt_token_ids is empty (need at least one token)")
+    if len(prompt) > limits.max_prompt_tokens:
+        raise InvalidRequestError(
+            f"prompt has {len(prompt)} tokens; the limit is max_prompt_tokens={limits.max_prompt_tokens}"
+        )
+    bad = max(prompt)
+    if bad >= vocab_size:
+        raise InvalidRequestError(f"prompt token id {bad} is out of range (vocab size {vocab_size})")
+
+
+def check_sampling(params: SamplingParams, limits: VerifierLimits) -> None:
+    """Already validate()d by the wire seam; here only the server's max_new_tokens bound."""
+    if params.max_new_tokens > limits.max_new_tokens:
+        raise InvalidRequestError(
+            f"max_new_tokens={params.max_new_tokens} exceeds the server limit {limits.max_new_tokens}"
+        )
+
+
+def open_codec(req: OpenRequest, fingerprint: str, vocab_size: int) -> Codec:
+    """Check the tokenizer fingerprint and build the session's codec (PreconditionError)."""
+    if req.tokenizer_fingerprint != fingerprint:
+        raise PreconditionError(
+            f"tokenizer fingerprint mismatch: client {req.tokenizer_fingerprint[:16] or '<none>'}…, "
+            f"server {fingerprint[:16]}…; the drafter must use the target's tokenizer"
+        )
+    try:
+        return make_codec(req.codec, vocab_size)
+    except CodecError as exc:
+        raise PreconditionError(f"unsupported codec {req.codec!r}: {exc}") from None
+
+
+def check_drafts(drafts: Sequence[Draft], vocab_size: int) -> None:
+    """Defence in depth after codec.decode: ids in range, q̂ a valid distribution with q̂(x) > 0."""
+    for n, d in enumerate(drafts):
+        if not 0 <= d.token < vocab_size:
+            raise InvalidRequestError(f"draft {n}: token id {d.token} out of range (vocab {vocab_size})")
+        if d.counts is not None:
+            _check_lattice(n, d, vocab_size)
+        elif d.probs is not None:
+            if d.probs.shape != (vocab_size,) or not np.all(np.isfinite(d.probs)) or d.probs.min() < 0:
+                raise InvalidRequestError(f"draft {n}: dense q̂ is not a [V] non-negative vector")
+        else:
+            raise InvalidRequestError(f"draft {n}: carries no distribution")
+        if not d.prob(d.token) > 0.0:
+            raise InvalidRequestError(f"draft {n}: token {d.token} has q̂ = 0 (cannot have been drawn)")
+
+
+def _check_lattice(n: int, d: Draft, vocab_size: int) -> None:
+    assert d.counts is not None
+    counts = d.counts  # [K] or [V] int64
+    if d.ell < 1 or counts.min(initial=0) < 0 or int(counts.sum()) != d.ell:
+        raise InvalidRequestError(f"draft {n}: lattice counts must be >= 0 and sum to ell={d.ell}")
+    if d.support is None:
+        if counts.shape != (vocab_size,):
+            raise InvalidRequestError(f"draft {n}: dense counts must have length V={vocab_size}")
+        return
+    s = d.support  # [K] int64, ascending vocab ids
+    if s.shape != counts.shape or s.size == 0:
+        raise InvalidRequestError(f"draft {n}: support and counts differ in length")
+    if s[0] < 0 or s[-1] >= vocab_size or (s.size > 1 and np.any(np.diff(s) <= 0)):
+        raise InvalidRequestError(f"draft {n}: support must be distinct ascending ids < {vocab_size}")
+
+
+def decode_block(codec: Codec, payload: bytes, vocab_size: int, max_draft_len: int) -> list[Draft]:
+    """Codec bitstream → drafts (InvalidRequestError on anything malformed)."""
+    header = (BITSTREAM_VERSION, codec.params.kind_id)  # v1: version, kind, count (u16 big-endian)
+    if len(payload) >= 4 and tuple(payload[:2]) == header and int.from_bytes(payload[2:4]) > max_draft_len:
+        n = int.from_bytes(payload[2:4])
+        raise InvalidRequestError(f"block has {n} drafts; max_draft_len is {max_draft_len}")
+    try:
+        drafts = codec.decode(payload, max_drafts=max_draft_len)
+    except CodecError as exc:
+        raise InvalidRequestError(f"malformed draft payload: {exc}") from None
+    if len(drafts) > max_draft_len:
+        raise InvalidRequestError(f"block has {len(drafts)} drafts; max_draft_len is {max_draft_len}")
+    check_drafts(drafts, vocab_size)
+    return drafts
+
+
+def truncate_output(
+    output: Sequence[int], generated: int, params: SamplingParams
+) -> tuple[int, FinishReason | None]:
+    """How many of this round's output tokens to keep, and why the generation ends (if it does)."""
+    budget = params.max_new_tokens - generated  # >= 1 while the session is live
+    stops = params.stop_token_ids
+    for i, tok in enumerate(output):
+        if tok in stops:
+            return i + 1, FinishReason.STOP  # the stop token is part of the output
+        if i + 1 >= budget:
+            return i + 1, FinishReason.LENGTH
+    return len(output), None
+
+
+# ── the target's committed sequence and KV cache ───────────────────────────────────────────────
+
+
+class TargetCache:
+    """Committed tokens (prompt + output) and a KV cache holding all but the last one(s)."""
+
+    def __init__(self, lm: LoadedModel, prompt: Sequence[int], prefill_chunk: int = PREFILL_CHUNK) -> None:
+        self.lm = lm
+        self.cache = CachedLM(lm)
+        self.tokens: list[int] = list(prompt)
+        self.prefill_chunk = prefill_chunk
+
+    def forward(self, extra: Sequence[int]) -> np.ndarray:
+        """Logits predicting the token after the committed sequence and after each of `extra`.
+
+        Returns [len(extra) + 1, V] float32. Afterwards the cache holds tokens + extra.
+        """
+        pending = self.tokens[self.cache.num_tokens :]  # never empty: the last token is uncached
+        assert pending, "forward() after a finished commit"
+        # prefill the long part of the prompt in chunks (the first round only); logits dropped
+        while len(pending) > 1 and len(pending) - 1 + len(extra) > self.prefill_chunk:
+            n = min(self.prefill_chunk, len(pending) - 1)  # keep the last token for the scored rows
+            self.cache.extend(pending[:n])
+            pending = pending[n:]
+        logits = self.cache.extend([*pending, *extra])  # [len(pending) + len(extra), V]
+        rows = logits[len(pending) - 1 :]  # [len(extra) + 1, V]
+        return np.ascontiguousarray(rows.numpy(), dtype=np.float32)
+
+    def commit(self, accepted: Sequence[int], next_token: int | None) -> None:
+        """Keep `accepted` (a prefix of the last forward's extra) in the cache, append the output."""
+        self.cache.crop(len(self.tokens) + len(accepted))  # KV rollback: drop rejected drafts
+        self.tokens.extend(accepted)
+        if next_token is not None:
+            self.tokens.append(next_token)  # uncached until the next forward
+
+
+# ── one session ────────────────────────────────────────────────────────────────────────────────
+
+
+@dataclass(frozen=True)
+class RoundOutcome:
+    """A verified round: the verdict to send plus what metrics need."""
+
+    verdict: Verdict
+    drafted: int  # drafts in the block
+    raw_accepted: int  # accepted by the rule, before stop/length truncation
+
+
+class VerifySession:
+    """One generation on the target: verify blocks (speculative) or step (autoregressive)."""
+
+    def __init__(
+        self,
+        lm: LoadedModel,
+        params: SamplingParams,
+        prompt: Sequence[int],
+        limits: VerifierLimits,
+        codec: Codec | None = None,
+    ) -> None:
+        self.lm = lm
+        self.params = params
+        self.limits = limits
+        self.codec = codec
+        self.target = TargetCache(lm, prompt)
+        self.prompt_tokens = len(prompt)
+        self.rng = np.random.default_rng(params.seed)  # seeded per session: reproducible
+        self.round = 0
+        self.finish_reason: FinishReason | None = None
+
+    @property
+    def generated(self) -> int:
+        return len(self.target.tokens) - self.prompt_tokens
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    @property
+    def output_tokens(self) -> list[int]:
+        return self.target.tokens[self.prompt_tokens :]
+
+    def verify_block(self, round_no: int, payload: bytes) -> RoundOutcome:
+        """Decode one DraftBlock, run one target forward over it, verify, roll the cache back."""
+        if self.codec is None:
+            raise ProtocolError("this session takes no draft blocks")
+        if self.finished:
+            raise ProtocolError("the generation is already finished")
+        if round_no != self.round:
+            raise ProtocolError(f"round {round_no} out of order: expected round {self.round}")
+        start = time.perf_counter()
+        drafts = decode_block(self.codec, payload, self.lm.vocab_size, self.limits.max_draft_len)
+        return self._round(drafts, start)
+
+    def step(self) -> RoundOutcome:
+        """One autoregressive token (a round with no drafts: the bonus draw from p)."""
+        if self.finished:
+            raise ProtocolError("the generation is already finished")
+        return self._round([], time.perf_counter())
+
+    def _round(self, drafts: list[Draft], start: float) -> RoundOutcome:
+        tokens = [d.token for d in drafts]
+        logits = self.target.forward(tokens)  # [L+1, V] float32
+        p = probs_from_logits(logits, self.params.temperature, self.params.top_p)  # [L+1, V] float64
+        raw_accepted, next_token = verify(drafts, p, self.rng)
+        output = [*tokens[:raw_accepted], next_token]
+        kept, reason = truncate_output(output, self.generated, self.params)
+        accepted = min(raw_accepted, kept)
+        nxt = next_token if kept > raw_accepted else None
+        self.target.commit(tokens[:accepted], nxt)
+        self.finish_reason = reason
+        verdict = Verdict(
+            round=self.round,
+            accepted=accepted,
+            next_token=nxt,
+            finished=reason is not None,
+            finish_reason=reason,
+            verify_seconds=time.perf_counter() - start,
+            resampled=nxt is not None and raw_accepted < len(drafts),
+        )
+        self.round += 1
+        return RoundOutcome(verdict=verdict, drafted=len(drafts), raw_accepted=raw_accepted)
+
+
+def max_message_bytes(limits: VerifierLimits, vocab_size: int) -> int:
+    """Largest request the server must accept: a dense fp32 block or the longest prompt."""
+    token_bits = math.ceil(math.log2(max(vocab_size, 2)))
+    dense_block = 4 + limits.max_draft_len * (4 * vocab_size + math.ceil(token_bits / 8))
+    prompt = 5 * limits.max_prompt_tokens + 64  # uint32 varints + the other OpenSession fields
+    return max(dense_block, prompt) + 4096  # protobuf framing and the small fields
