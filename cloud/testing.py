@@ -20,7 +20,7 @@ from common.codec import Codec, Draft
 from common.models import CachedLM, LoadedModel, load_model
 from common.rpc import convert as cv
 from common.rpc import pb
-from common.sampling import probs_from_logits
+from common.sampling import drafter_rng, probs_from_logits
 from common.types import SamplingParams
 
 T = TypeVar("T")
@@ -174,7 +174,7 @@ class ReferenceDrafter:
         self.lm = lm
         self.codec = codec
         self.params = params
-        self.rng = np.random.default_rng(seed)
+        self.rng = drafter_rng(seed)  # never the verifier's stream (see common.sampling)
 
     def draft(self, tokens: Sequence[int], n: int) -> list[Draft]:
         """n drafts continuing `tokens` (a fresh drafter cache each round: simple, not fast)."""

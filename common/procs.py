@@ -13,7 +13,7 @@ from pathlib import Path
 from types import TracebackType
 
 
-class ProcessFailed(RuntimeError):
+class ProcessFailedError(RuntimeError):
     """A managed process exited early or never became ready; the message holds its log tail."""
 
 
@@ -57,18 +57,18 @@ class ManagedProcess:
         return "\n".join(lines[-tail_lines:])
 
     def wait_ready(self, check: Callable[[], bool], timeout: float = 60.0, interval: float = 0.1) -> None:
-        """Poll `check` until it returns True; raise ProcessFailed with logs if the process dies."""
+        """Poll `check` until it returns True; raise ProcessFailedError with logs if the process dies."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.returncode is not None:
-                raise ProcessFailed(f"{self.name} exited with {self.returncode}:\n{self.logs()}")
+                raise ProcessFailedError(f"{self.name} exited with {self.returncode}:\n{self.logs()}")
             try:
                 if check():
                     return
-            except Exception:  # noqa: BLE001 - not ready yet (connection refused, ...)
+            except Exception:
                 pass
             time.sleep(interval)
-        raise ProcessFailed(f"{self.name} not ready after {timeout:.0f}s:\n{self.logs()}")
+        raise ProcessFailedError(f"{self.name} not ready after {timeout:.0f}s:\n{self.logs()}")
 
     def stop(self, timeout: float = 15.0) -> int | None:
         """SIGTERM, wait for a graceful exit, then SIGKILL; returns the exit code."""

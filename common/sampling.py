@@ -79,3 +79,19 @@ def verify(drafts: Sequence[Draft], target_probs: np.ndarray, rng: np.random.Gen
             continue
         return n, sample_probs(residual(draft, p), rng)  # first rejection: resample and stop
     return len(drafts), sample_probs(p_all[-1], rng)  # all accepted: bonus token from p_{L+1}
+
+
+# Mixed into the request seed so the drafter's draws (draft tokens) never share a random stream
+# with the verifier's (acceptance tests, residual draws): equal uniforms on both sides would
+# correlate the draft with its acceptance test and bias the output away from p.
+DRAFTER_SEED_TAG = 0x65646765  # "edge"
+
+
+def drafter_rng(seed: int | None) -> np.random.Generator:
+    """The drafter's generator for a request seed (fresh entropy when None).
+
+    The verifier uses default_rng(seed): a different stream for the same seed.
+    """
+    if seed is None:
+        return np.random.default_rng()
+    return np.random.default_rng(np.random.SeedSequence([seed, DRAFTER_SEED_TAG]))

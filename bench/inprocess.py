@@ -1,0 +1,170 @@
+"""In-process references for the benchmark: one-process speculative decoding and the §7 bound terms."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from common.codec import Codec, Draft, make_codec
+from common.models import CachedLM, LoadedModel
+from common.sampling import drafter_rng, probs_from_logits, verify
+from common.types import SamplingParams
+
+
+@dataclass
+class SpecRun:
+    """Outcome of one in-process speculative generation."""
+
+    tokens: list[int]
+    rounds: int = 0
+    drafted: int = 0
+    accepted: int = 0
+    seconds: float = 0.0
+    per_pos_accepted: list[int] = field(default_factory=list)
+
+
+class _Seq:
+    """A CachedLM plus the token sequence its cache holds, so it can be re-synced to a context."""
+
+    def __init__(self, lm: LoadedModel) -> None:
+        self.cache = CachedLM(lm)
+        self.held: list[int] = []
+
+    def feed(self, ids: Sequence[int]) -> np.ndarray:
+        """Extend the cache by ids; return their logits [n, V] float32."""
+        self.held += ids
+        return self.cache.extend(ids).numpy()
+
+    def pending(self, ctx: Sequence[int]) -> list[int]:
+        """Crop the cache to its longest prefix shared with ctx; return the tokens still to feed."""
+        keep = 0
+        limit = min(len(self.held), len(ctx) - 1)  # always leave >= 1 token to feed for fresh logits
+        while keep < limit and self.held[keep] == ctx[keep]:
+            keep += 1
+        self.cache.crop(keep)
+        self.held = self.held[:keep]
+        return list(ctx[keep:])
+
+
+def _draft_block(
+    drafter: _Seq, ctx: Sequence[int], n: int, codec: Codec, params: SamplingParams, rng: np.random.Generator
+) -> list[Draft]:
+    """Draft n tokens after ctx with the drafter (the last draft is not fed back)."""
+    logits = drafter.feed(drafter.pending(ctx))[-1:]  # [1, V]
+    drafts: list[Draft] = []
+    for i in range(n):
+        q = probs_from_logits(logits, params.temperature, params.top_p)[0]  # [V] float64
+        drafts.append(codec.compress(q, rng))
+        if i + 1 < n:
+            logits = drafter.feed([drafts[-1].token])
+    return drafts
+
+
+def speculative_generate(
+    drafter: LoadedModel,
+    target: LoadedModel,
+    prompt_ids: Sequence[int],
+    codec_spec: str,
+    params: SamplingParams,
+    draft_len: int,
+) -> SpecRun:
+    """The edge+cloud round loop in one process (the protocol-overhead-free reference)."""
+    rng_d, rng_t = drafter_rng(params.seed), np.random.default_rng(params.seed)  # as edge and cloud do
+    codec = make_codec(codec_spec, target.vocab_size)
+    d, t = _Seq(drafter), _Seq(target)
+    ctx = list(prompt_ids)
+    run = SpecRun(tokens=[], per_pos_accepted=[0] * draft_len)
+    stops = set(params.stop_token_ids)
+    start = time.perf_counter()
+    while len(run.tokens) < params.max_new_tokens:
+        n = min(draft_len, params.max_new_tokens - len(run.tokens) - 1)
+        drafts = _draft_block(d, ctx, n, codec, params, rng_d) if n > 0 else []
+        logits = t.feed(t.pending(ctx) + [x.token for x in drafts])[-(n + 1) :]  # [n+1, V]
+        p = probs_from_logits(logits, params.temperature, params.top_p)  # [n+1, V]
+        accepted, nxt = verify(drafts, p, rng_t)
+        run.rounds += 1
+        run.drafted += n
+        run.accepted += accepted
+        for pos in range(accepted):
+            run.per_pos_accepted[pos] += 1
+        new = [x.token for x in drafts[:accepted]] + [nxt]
+        ctx += new
+        run.tokens += new
+        hit = next((i for i, tok in enumerate(run.tokens) if tok in stops), None)
+        if hit is not None:
+            run.tokens = run.tokens[: hit + 1]
+            break
+    run.tokens = run.tokens[: params.max_new_tokens]
+    run.seconds = time.perf_counter() - start
+    return run
+
+
+@dataclass
+class BoundTerms:
+    """Per-position averages of the rejection bound's terms (method.md §7) for one codec."""
+
+    positions: int = 0
+    mismatch: float = 0.0  # d_TV(p, q)
+    sparsification: float = 0.0  # 1 − q(S)
+    lattice: float = 0.0  # d_TV(q̃, q̂), q̃ = q renormalised on S
+    resampling: float = 0.0  # d_TV(p, q̂): the expected resampling probability
+    support: float = 0.0  # Σ |S|
+    support_sizes: list[int] = field(default_factory=list)  # |S| per position (C-SQS K_t histogram)
+
+    def add(self, other: BoundTerms) -> None:
+        """Accumulate another set of sums (divide with `mean()` at the end)."""
+        for name in ("positions", "mismatch", "sparsification", "lattice", "resampling", "support"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.support_sizes += other.support_sizes
+
+    def mean(self) -> dict[str, float]:
+        """The averaged terms plus their sum (the bound) per verified position."""
+        n = max(self.positions, 1)
+        out = {
+            k: getattr(self, k) / n
+            for k in ("mismatch", "sparsification", "lattice", "resampling", "support")
+        }
+        out["bound"] = out["mismatch"] + out["sparsification"] + out["lattice"]
+        out["positions"] = float(self.positions)
+        return out
+
+
+def _tv(a: np.ndarray, b: np.ndarray) -> float:
+    return float(0.5 * np.abs(a - b).sum())
+
+
+def bound_terms(
+    drafter: LoadedModel,
+    target: LoadedModel,
+    token_ids: Sequence[int],
+    n_prompt: int,
+    codec_spec: str,
+    temperature: float,
+    seed: int = 0,
+) -> BoundTerms:
+    """Teacher-forced terms over the continuation token_ids[n_prompt:] (one forward per model)."""
+    ids = list(token_ids)
+    p_all = probs_from_logits(CachedLM(target).extend(ids).numpy(), temperature)  # [N, V]
+    q_all = probs_from_logits(CachedLM(drafter).extend(ids).numpy(), temperature)  # [N, V]
+    codec = make_codec(codec_spec, target.vocab_size)
+    rng = np.random.default_rng(seed)
+    terms = BoundTerms()
+    for pos in range(n_prompt - 1, len(ids) - 1):  # row pos predicts token pos+1
+        p, q = p_all[pos], q_all[pos]
+        draft = codec.compress(q, rng)
+        q_hat = draft.dense(target.vocab_size)  # [V]
+        support = np.arange(q.shape[0]) if draft.support is None else draft.support
+        mass = float(q[support].sum())
+        q_tilde = np.zeros_like(q)
+        q_tilde[support] = q[support] / mass if mass > 0 else 0.0
+        terms.positions += 1
+        terms.mismatch += _tv(p, q)
+        terms.sparsification += 1.0 - mass
+        terms.lattice += _tv(q_tilde, q_hat)
+        terms.resampling += _tv(p, q_hat)
+        terms.support += float(support.shape[0])
+        terms.support_sizes.append(int(support.shape[0]))
+    return terms

@@ -1,0 +1,83 @@
+"""Edge daemon configuration: one frozen dataclass, a flag and a DRAFTLINK_EDGE_* env twin per field."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from common.config import field, load_config
+from common.errors import CodecError, ConfigError
+
+ENV_PREFIX = "DRAFTLINK_EDGE_"
+MAX_DRAFT_LEN = 64
+
+
+@dataclass(frozen=True)
+class EdgeConfig:
+    """Everything the edge daemon reads at start-up (resolved once, logged with secrets masked)."""
+
+    model: str = field("builtin:qwen2.5-coder-0.5b", "drafter model spec (the small model, q)")
+    cloud: str = field("127.0.0.1:50051", "cloud verifier (or link relay) gRPC address host:port")
+    host: str = field("127.0.0.1", "HTTP bind address")
+    port: int = field(8000, "HTTP port (OpenAI API, /health and /metrics)")
+    codec: str = field("ksqs:k=16,ell=100", "default draft codec spec (per-request override allowed)")
+    draft_len: int = field(4, "default drafts per round L (per-request override allowed)")
+    temperature: float = field(0.7, "temperature used when a request omits it (0 = greedy)")
+    top_p: float = field(1.0, "top_p used when a request omits it")
+    default_max_tokens: int = field(256, "max_tokens used when a request omits it")
+    max_tokens_limit: int = field(2048, "largest max_tokens a request may ask for (400 above)")
+    max_prompt_tokens: int = field(4096, "longest prompt in tokens (413 above)")
+    max_concurrency: int = field(4, "generations served at once; more get 429 (no queue)")
+    request_timeout: float = field(300.0, "deadline of one generation in seconds (gRPC deadline)")
+    api_key: str | None = field(None, "bearer token required on /v1/* when set", secret=True)
+    served_model_name: str | None = field(None, "model name in the API (default: the cloud's model id)")
+    fast_linear: bool = field(False, "drafter: use the fast linear kernels of common.models")
+    int8: bool = field(False, "drafter: int8 weight quantization")
+    threads: int = field(0, "torch intra-op threads for the drafter (0 = torch default)")
+    health_interval: float = field(2.0, "seconds between background cloud health checks")
+    startup_timeout: float = field(120.0, "seconds to wait for the cloud's Info at start-up")
+    tls_ca: str | None = field(None, "PEM file of the CA that signed the cloud's cert (enables TLS)")
+    tls_cert: str | None = field(None, "PEM client certificate for mutual TLS")
+    tls_key: str | None = field(None, "PEM client private key for mutual TLS", secret=True)
+    log_level: str = field("INFO", "log level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+    def validate(self) -> None:
+        """Raise ConfigError for values the daemon cannot run with."""
+        _check(":" in self.cloud, f"cloud must be host:port, got {self.cloud!r}")
+        _check(0 <= self.port < 65536, f"port out of range: {self.port}")
+        _check(1 <= self.draft_len <= MAX_DRAFT_LEN, f"draft_len must be in [1, {MAX_DRAFT_LEN}]")
+        _check(0.0 <= self.temperature <= 100.0, "temperature must be in [0, 100]")
+        _check(0.0 < self.top_p <= 1.0, "top_p must be in (0, 1]")
+        _check(self.max_tokens_limit >= 1, "max_tokens_limit must be >= 1")
+        _check(1 <= self.default_max_tokens <= self.max_tokens_limit, "default_max_tokens out of range")
+        _check(self.max_prompt_tokens >= 1, "max_prompt_tokens must be >= 1")
+        _check(self.max_concurrency >= 1, "max_concurrency must be >= 1")
+        _check(self.request_timeout > 0 and self.health_interval > 0, "timeouts must be > 0")
+        _check((self.tls_cert is None) == (self.tls_key is None), "tls_cert and tls_key go together")
+        _check(self.tls_cert is None or self.tls_ca is not None, "mutual TLS needs tls_ca")
+        try:
+            from common.codec import parse_codec_spec
+
+            parse_codec_spec(self.codec)
+        except ImportError:  # codec package not installed yet: checked again when the codec is built
+            pass
+        except CodecError as exc:
+            raise ConfigError(f"invalid codec spec {self.codec!r}: {exc}") from None
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def load_edge_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> EdgeConfig:
+    """Resolve the edge config from flags, then DRAFTLINK_EDGE_* env, then defaults."""
+    return load_config(
+        EdgeConfig,
+        argv,
+        prog="draftlink-edge",
+        description="draftlink edge daemon: OpenAI-compatible HTTP API that drafts with a small model "
+        "and verifies with the cloud over gRPC (speculative decoding, compressed drafts).",
+        prefix=ENV_PREFIX,
+        env=env,
+    )

@@ -1,0 +1,149 @@
+"""The one place where edge failures become HTTP statuses and OpenAI-style error bodies.
+
+status  type                   code                        when
+400     invalid_request_error  invalid_json, invalid_type, bad JSON, schema errors (strict types),
+                               invalid_value,              bad values, unsupported params (n != 1,
+                               unsupported_parameter       logprobs, ...), bad draftlink overrides
+401     authentication_error   invalid_api_key             --api-key set and the bearer token is wrong
+404     invalid_request_error  model_not_found             `model` is not a served name
+413     invalid_request_error  context_length_exceeded     prompt longer than the limit
+429     rate_limit_error       too_many_requests           all --max-concurrency slots busy (no queue)
+502     server_error           bad_gateway                 the cloud broke the protocol / internal error
+503     service_unavailable    cloud_unavailable,          cloud unreachable or dying,
+                               cloud_busy                  or out of sessions (RESOURCE_EXHAUSTED)
+504     timeout                request_timeout             --request-timeout elapsed
+500     server_error           internal_error              a bug on the edge
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+
+from common.errors import CodecError
+from edge.rounds import ProtocolViolationError
+
+log = logging.getLogger("draftlink.edge.errors")
+
+
+class APIError(Exception):
+    """An error that is sent to the client as {"error": {message, type, param, code}}."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",  # OpenAI's field name
+        code: str = "invalid_value",
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.code = code
+        self.param = param
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+def bad_request(message: str, param: str | None = None, code: str = "invalid_value") -> APIError:
+    return APIError(400, message, param=param, code=code)
+
+
+def unauthorized() -> APIError:
+    return APIError(
+        401,
+        "invalid or missing API key (send 'Authorization: Bearer <key>')",
+        type="authentication_error",
+        code="invalid_api_key",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
+def model_not_found(name: str, served: Sequence[str]) -> APIError:
+    msg = f"the model {name!r} does not exist; served: {', '.join(served)}"
+    return APIError(404, msg, param="model", code="model_not_found")
+
+
+def prompt_too_long(tokens: int, limit: int) -> APIError:
+    msg = f"the prompt has {tokens} tokens, more than the limit of {limit}"
+    return APIError(413, msg, param="prompt", code="context_length_exceeded")
+
+
+def too_many_requests(limit: int) -> APIError:
+    return APIError(
+        429,
+        f"all {limit} generation slots are busy; retry shortly",
+        type="rate_limit_error",
+        code="too_many_requests",
+        headers={"Retry-After": "1"},
+    )
+
+
+def cloud_unavailable(detail: str) -> APIError:
+    return APIError(
+        503,
+        f"the cloud verifier is unavailable: {detail}",
+        type="service_unavailable",
+        code="cloud_unavailable",
+        headers={"Retry-After": "2"},
+    )
+
+
+_GRPC_TO_HTTP: dict[grpc.StatusCode, tuple[int, str, str]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: (400, "invalid_request_error", "invalid_value"),
+    grpc.StatusCode.FAILED_PRECONDITION: (400, "invalid_request_error", "invalid_value"),
+    grpc.StatusCode.OUT_OF_RANGE: (400, "invalid_request_error", "invalid_value"),
+    grpc.StatusCode.RESOURCE_EXHAUSTED: (503, "service_unavailable", "cloud_busy"),
+    grpc.StatusCode.UNAVAILABLE: (503, "service_unavailable", "cloud_unavailable"),
+    grpc.StatusCode.CANCELLED: (503, "service_unavailable", "cloud_unavailable"),
+    grpc.StatusCode.ABORTED: (503, "service_unavailable", "cloud_unavailable"),
+    grpc.StatusCode.DEADLINE_EXCEEDED: (504, "timeout", "request_timeout"),
+}
+
+
+def from_grpc(err: grpc.RpcError) -> APIError:
+    """Map a failed cloud RPC to the HTTP error the client sees."""
+    code: grpc.StatusCode = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
+    details = (err.details() if hasattr(err, "details") else None) or code.name
+    status, typ, scode = _GRPC_TO_HTTP.get(code, (502, "server_error", "bad_gateway"))
+    headers = {"Retry-After": "2"} if status == 503 else None
+    return APIError(status, f"cloud: {code.name}: {details}", type=typ, code=scode, headers=headers)
+
+
+def from_exception(exc: BaseException) -> APIError:
+    """Every exception a generation can raise, mapped once."""
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, grpc.RpcError):
+        return from_grpc(exc)
+    if isinstance(exc, CodecError):
+        return bad_request(f"codec: {exc}", param="draftlink.codec")
+    if isinstance(exc, ProtocolViolationError):
+        return APIError(502, f"cloud protocol violation: {exc}", type="server_error", code="bad_gateway")
+    if isinstance(exc, TimeoutError):
+        return APIError(504, "the request timed out", type="timeout", code="request_timeout")
+    log.exception("internal error", exc_info=exc)
+    return APIError(500, f"internal error: {type(exc).__name__}", type="server_error", code="internal_error")
+
+
+def from_validation(errors: Sequence[Any]) -> APIError:
+    """FastAPI/pydantic validation errors → 400 (one status for every schema problem)."""
+    if not errors:
+        return bad_request("invalid request body")
+    first = errors[0]
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    kind = str(first.get("type", ""))
+    if kind.startswith("json") or (kind == "model_attributes_type" and not loc):
+        return bad_request(f"invalid JSON body: {first.get('msg', '')}", code="invalid_json")
+    param = ".".join(loc) or None
+    code = "invalid_type" if kind.endswith("_type") or kind.endswith("_parsing") else "invalid_value"
+    return bad_request(f"{param or 'body'}: {first.get('msg', 'invalid')}", param=param, code=code)

@@ -1,0 +1,249 @@
+"""Request resolution (validation, prompts, limits) and one request's run from tokens to text deltas."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from common.codec import parse_codec_spec
+from common.errors import CodecError
+from common.rpc.convert import ServerInfo
+from common.types import SamplingParams
+from edge.client import CloudClient
+from edge.config import MAX_DRAFT_LEN, EdgeConfig
+from edge.detok import Decoder, TextStream
+from edge.drafter import Drafter
+from edge.errors import (
+    bad_request,
+    cloud_unavailable,
+    model_not_found,
+    prompt_too_long,
+    too_many_requests,
+)
+from edge.metrics import EdgeMetrics
+from edge.schema import ChatCompletionRequest, CompletionRequest, new_id, usage
+from edge.session import Generation, GenRequest, make_generation
+
+log = logging.getLogger("draftlink.edge.service")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Effective limits: the edge's own, tightened by what the cloud advertised in Info."""
+
+    max_tokens: int
+    max_prompt_tokens: int
+    max_draft_len: int
+    codec_kinds: frozenset[str]  # empty = the cloud did not say (no check)
+
+    @staticmethod
+    def from_info(cfg: EdgeConfig, info: ServerInfo) -> Limits:
+        lim = info.limits
+
+        def tight(own: int, cloud: int) -> int:
+            return min(own, cloud) if cloud > 0 else own
+
+        return Limits(
+            max_tokens=tight(cfg.max_tokens_limit, lim.max_new_tokens),
+            max_prompt_tokens=tight(cfg.max_prompt_tokens, lim.max_prompt_tokens),
+            max_draft_len=tight(MAX_DRAFT_LEN, lim.max_draft_len),
+            codec_kinds=frozenset(info.codecs),
+        )
+
+
+def codec_kind(spec: str) -> str:
+    """'dense:fp16' → 'dense', 'ksqs:k=16,ell=100' → 'ksqs' (Info.codecs lists kinds)."""
+    return parse_codec_spec(spec).kind.split(":")[0]
+
+
+class EdgeService:
+    """Everything a request needs: config, drafter, cloud client, limits, metrics, concurrency slots."""
+
+    def __init__(
+        self, cfg: EdgeConfig, drafter: Drafter, client: CloudClient, info: ServerInfo, metrics: EdgeMetrics
+    ) -> None:
+        self.cfg = cfg
+        self.drafter = drafter
+        self.client = client
+        self.info = info
+        self.metrics = metrics
+        self.limits = Limits.from_info(cfg, info)
+        self.model_name = cfg.served_model_name or info.model_id
+        self.aliases = {self.model_name, info.model_id}
+        self.created = int(time.time())
+        self.running = 0
+
+    # ---- validation ----------------------------------------------------------------------
+    def resolve(self, body: CompletionRequest | ChatCompletionRequest) -> GenRequest:
+        """Validate a request and turn it into a GenRequest (APIError 400/404/413 otherwise)."""
+        bad = body.unsupported()
+        if bad is not None:
+            raise bad_request(bad[1], param=bad[0], code="unsupported_parameter")
+        if body.model is not None and body.model not in self.aliases:
+            raise model_not_found(body.model, sorted(self.aliases))
+        max_new = self._max_tokens(body.requested_max_tokens(), isinstance(body, ChatCompletionRequest))
+        mode, codec, draft_len = self._overrides(body)
+        prompt = self.prompt_ids(body)
+        sampling = SamplingParams(
+            temperature=self.cfg.temperature if body.temperature is None else body.temperature,
+            top_p=self.cfg.top_p if body.top_p is None else body.top_p,
+            seed=body.seed,
+            max_new_tokens=max_new,
+            stop_token_ids=() if body.ignore_eos else tuple(self.drafter.lm.eos_token_ids),
+        )
+        try:
+            sampling.validate()
+        except ValueError as exc:
+            raise bad_request(str(exc)) from None
+        return GenRequest(
+            new_id("req"), tuple(prompt), sampling, mode, codec, draft_len, self.cfg.request_timeout
+        )
+
+    def _max_tokens(self, requested: int | None, chat: bool) -> int:
+        param = "max_completion_tokens" if chat else "max_tokens"
+        if requested is None:
+            return min(self.cfg.default_max_tokens, self.limits.max_tokens)
+        if requested < 1 or requested > self.limits.max_tokens:
+            raise bad_request(
+                f"{param} must be in [1, {self.limits.max_tokens}], got {requested}", param=param
+            )
+        return requested
+
+    def _overrides(self, body: CompletionRequest | ChatCompletionRequest) -> tuple[str, str, int]:
+        opts = body.draftlink
+        mode = opts.mode if opts else "speculative"
+        codec = (opts.codec if opts and opts.codec is not None else None) or self.cfg.codec
+        draft_len = opts.draft_len if opts and opts.draft_len is not None else self.cfg.draft_len
+        try:
+            kind = codec_kind(codec)
+        except CodecError as exc:
+            raise bad_request(f"invalid codec spec {codec!r}: {exc}", param="draftlink.codec") from None
+        if self.limits.codec_kinds and kind not in self.limits.codec_kinds:
+            kinds = ", ".join(sorted(self.limits.codec_kinds))
+            raise bad_request(
+                f"the cloud does not decode {kind!r} (it decodes: {kinds})", param="draftlink.codec"
+            )
+        if not 1 <= draft_len <= self.limits.max_draft_len:
+            msg = f"draft_len must be in [1, {self.limits.max_draft_len}], got {draft_len}"
+            raise bad_request(msg, param="draftlink.draft_len")
+        return mode, codec, draft_len
+
+    # ---- prompts ---------------------------------------------------------------------------
+    def prompt_ids(self, body: CompletionRequest | ChatCompletionRequest) -> list[int]:
+        """Tokenize the prompt (chat: the tokenizer's chat template); 400 when empty, 413 when too long."""
+        tok = self.drafter.lm.tokenizer
+        if isinstance(body, ChatCompletionRequest):
+            ids = self._chat_ids(body)
+        elif isinstance(body.prompt, str):
+            ids = list(tok.encode(body.prompt))
+        elif body.prompt and isinstance(body.prompt[0], str):
+            ids = list(tok.encode(str(body.prompt[0])))
+        else:
+            ids = [int(t) for t in body.prompt]
+            vocab = self.drafter.lm.vocab_size
+            if any(not 0 <= t < vocab for t in ids):
+                raise bad_request(f"prompt token ids must be in [0, {vocab})", param="prompt")
+        if not ids:
+            raise bad_request(
+                "the prompt is empty",
+                param="messages" if isinstance(body, ChatCompletionRequest) else "prompt",
+            )
+        if len(ids) > self.limits.max_prompt_tokens:
+            raise prompt_too_long(len(ids), self.limits.max_prompt_tokens)
+        return ids
+
+    def _chat_ids(self, body: ChatCompletionRequest) -> list[int]:
+        tok = self.drafter.lm.tokenizer
+        if not getattr(tok, "chat_template", None):
+            raise bad_request("this model has no chat template; use /v1/completions", param="messages")
+        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+        try:
+            text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except Exception as exc:  # template errors (e.g. role order) are the client's
+            raise bad_request(f"cannot apply the chat template: {exc}", param="messages") from None
+        return list(tok.encode(str(text), add_special_tokens=False))
+
+    # ---- concurrency -------------------------------------------------------------------------
+    def acquire(self) -> None:
+        """Take a generation slot now or fail with 429 (never queue)."""
+        if self.running >= self.cfg.max_concurrency:
+            raise too_many_requests(self.cfg.max_concurrency)
+        self.running += 1
+        self.metrics.running.inc()
+
+    def release(self) -> None:
+        self.running -= 1
+        self.metrics.running.dec()
+
+    def new_generation(self, req: GenRequest) -> Generation:
+        return make_generation(req, self.client, self.metrics, self.drafter)
+
+
+class Run:
+    """One request's generation turned into text deltas, with timing metrics and final accounting."""
+
+    def __init__(
+        self, gen: Generation, tokenizer: Decoder, stop: Sequence[str], metrics: EdgeMetrics, arrival: float
+    ) -> None:
+        self.gen = gen
+        self.detok = TextStream(tokenizer, stop)
+        self.metrics = metrics
+        self.arrival = arrival
+        self.tokens: list[int] = []
+        self.finish_reason: str | None = None
+        self._last: float | None = None  # perf_counter of the previous output
+
+    def _observe(self, n: int) -> None:
+        now = time.perf_counter()
+        if self._last is None:
+            self.metrics.ttft.observe(now - self.arrival)
+        elif n:
+            gap = (now - self._last) / n  # a round delivers n tokens at once: spread the gap
+            for _ in range(n):
+                self.metrics.itl.observe(gap)
+        self._last = now
+        self.metrics.generated_tokens.inc(n)
+
+    async def deltas(self) -> AsyncIterator[str]:
+        """Text deltas until the cloud finishes or a stop string matches (then the session is closed)."""
+        async for out in self.gen.rounds():
+            self._observe(len(out.tokens))
+            self.tokens.extend(out.tokens)
+            delta = self.detok.push(out.tokens)
+            if self.detok.stopped:
+                self.finish_reason = "stop"
+                await self.gen.close()
+            elif out.finish_reason is not None:
+                delta += self.detok.finish()
+                self.finish_reason = out.finish_reason
+            if delta:
+                yield delta
+            if self.finish_reason is not None:
+                return
+        raise cloud_unavailable("the generation ended without a finish reason")
+
+    async def collect(self) -> str:
+        return "".join([d async for d in self.deltas()])
+
+    @property
+    def completion_tokens(self) -> int:
+        return self.detok.num_tokens if self.detok.stopped else len(self.tokens)
+
+    def extra(self, prompt_tokens: int, token_ids: bool) -> dict[str, Any]:
+        """usage + metrics (+ token ids) for the final body or chunk."""
+        out: dict[str, Any] = {"usage": usage(prompt_tokens, self.completion_tokens)}
+        spec = self.gen.stats.summary()
+        spec["mode"] = self.gen.req.mode
+        spec["codec"] = self.gen.req.codec if self.gen.req.mode == "speculative" else None
+        out["metrics"] = {"speculative_decoding": spec}
+        if token_ids:
+            out["token_ids"] = self.tokens[: self.completion_tokens]
+            out["prompt_token_ids"] = list(self.gen.req.prompt_ids)
+        return out
+
+    def finish(self, reason: str) -> None:
+        self.metrics.requests.labels(finish_reason=reason).inc()
+        self.metrics.e2e.observe(time.perf_counter() - self.arrival)

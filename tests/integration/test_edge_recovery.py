@@ -1,0 +1,137 @@
+"""Edge resilience, real processes: the cloud dies mid-request (503 / SSE error), returns, edge recovers."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from common.launch import Stack
+from common.procs import ManagedProcess, python_module_argv
+from common.runtime import free_port
+from tests.integration.stack import TEST_ENV, metric, start_stack, wait_for
+
+pytestmark = pytest.mark.integration
+
+LONG = {"prompt": "hello", "max_tokens": 2000, "temperature": 0.8, "ignore_eos": True}
+
+
+@pytest.fixture(scope="module")
+def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    yield from start_stack(request, tmp_path_factory.mktemp("stack"))
+
+
+def health(stack: Stack) -> int:
+    return httpx.get(f"{stack.edge_url}/health", timeout=5).status_code
+
+
+def running(stack: Stack) -> float:
+    return metric(f"{stack.edge_url}/metrics", "draftlink_running_requests")
+
+
+def kill_cloud(stack: Stack) -> None:
+    assert stack.cloud.proc is not None
+    stack.cloud.proc.kill()  # SIGKILL: no drain, connections reset
+    stack.cloud.proc.wait(10)
+
+
+def test_cloud_dies_mid_stream_then_recovers(stack: Stack) -> None:
+    with (
+        httpx.Client(base_url=stack.edge_url, timeout=60) as c,
+        c.stream("POST", "/v1/completions", json={**LONG, "stream": True}) as r,
+    ):
+        assert r.status_code == 200
+        lines = (ln for ln in r.iter_lines() if ln)
+        assert "error" not in json.loads(next(lines).removeprefix("data: "))
+        kill_cloud(stack)
+        rest = list(lines)
+    assert rest[-1] == "data: [DONE]"
+    err = json.loads(rest[-2].removeprefix("data: "))["error"]
+    assert err["type"] == "service_unavailable"
+    assert err["code"] == "cloud_unavailable"
+
+    r = httpx.post(f"{stack.edge_url}/v1/completions", json={"prompt": "x", "max_tokens": 3}, timeout=30)
+    assert r.status_code == 503
+    assert r.json()["error"]["code"] == "cloud_unavailable"
+    assert r.headers["retry-after"]
+    wait_for(lambda: health(stack) == 503, what="edge /health 503 while the cloud is down")
+    assert running(stack) == 0
+
+    stack.restart_cloud()
+    wait_for(lambda: health(stack) == 200, timeout=30, what="edge /health 200 after the cloud restarted")
+    r = httpx.post(f"{stack.edge_url}/v1/completions", json={"prompt": "x", "max_tokens": 3}, timeout=30)
+    assert r.status_code == 200, r.text
+
+
+def test_cloud_dies_during_a_non_streaming_request(stack: Stack) -> None:
+    wait_for(lambda: health(stack) == 200, timeout=30, what="healthy stack")
+    result: dict[str, httpx.Response] = {}
+
+    def call() -> None:
+        result["r"] = httpx.post(f"{stack.edge_url}/v1/completions", json=LONG, timeout=60)
+
+    t = threading.Thread(target=call)
+    t.start()
+    wait_for(lambda: running(stack) == 1, what="request in flight")
+    kill_cloud(stack)
+    t.join(30)
+    assert result["r"].status_code == 503
+    assert result["r"].json()["error"]["type"] == "service_unavailable"
+    stack.restart_cloud()
+    wait_for(lambda: health(stack) == 200, timeout=30, what="edge /health 200 after the second restart")
+    r = httpx.post(f"{stack.edge_url}/v1/completions", json={"prompt": "y", "max_tokens": 3}, timeout=30)
+    assert r.status_code == 200
+
+
+def test_sigterm_stops_all_three_cleanly(stack: Stack) -> None:
+    codes = stack.stop()
+    assert codes == {"edge": 0, "link": 0, stack.cloud.name: 0}
+
+
+def test_edge_refuses_to_start_without_a_cloud(tmp_path: Path) -> None:
+    nowhere = f"127.0.0.1:{free_port()}"
+    argv = python_module_argv(
+        "edge", "--model", "builtin:tiny-draft", "--cloud", nowhere, "--port", "0", "--startup-timeout", "1"
+    )
+    proc = ManagedProcess("edge-alone", argv, TEST_ENV, tmp_path).start()
+    assert proc.proc is not None
+    assert proc.proc.wait(120) == 2
+    assert f"cloud at {nowhere} did not answer Info" in proc.logs()
+
+
+def _other_tokenizer_model(path: Path) -> str:
+    """An hf: model dir like the tiny target but with one extra token (a different fingerprint)."""
+    from common.models import tiny
+
+    tok = tiny.tiny_tokenizer()
+    tok.add_tokens(["<|not-in-the-drafter|>"])
+    eos = [tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")]
+    tiny.build_tiny(tiny.TinySpec(), len(tok), eos).save_pretrained(path)
+    tok.save_pretrained(path)
+    return f"hf:{path}"
+
+
+def test_edge_refuses_a_cloud_with_another_tokenizer(tmp_path: Path) -> None:
+    spec = _other_tokenizer_model(tmp_path / "other")
+    port, metrics_port = free_port(), free_port()
+    cloud_argv = python_module_argv(
+        "cloud", "--model", spec, "--port", str(port), "--metrics-port", str(metrics_port)
+    )
+    edge_argv = python_module_argv(
+        "edge", "--model", "builtin:tiny-draft", "--cloud", f"127.0.0.1:{port}", "--port", "0"
+    )
+    with ManagedProcess("cloud-other", cloud_argv, TEST_ENV, tmp_path) as cloud:
+        edge = ManagedProcess("edge-mismatch", edge_argv, TEST_ENV, tmp_path).start()
+        assert edge.proc is not None
+        code = edge.proc.wait(120)
+        log = edge.logs()
+        assert code == 2, log + cloud.logs()
+    assert "tokenizer mismatch" in log
+    assert "builtin:tiny-draft" in log
+    assert spec in log
+    fingerprints = [w for w in log.replace(";", " ").replace("]", " ").split() if len(w) == 64]
+    assert len(set(fingerprints)) == 2, log
