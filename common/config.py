@@ -25,7 +25,7 @@ _BOOL_TRUE = {"1", "true", "yes", "on"}
 _BOOL_FALSE = {"0", "false", "no", "off", ""}
 
 
-def field(default: Any, help: str, **kw: Any) -> Any:  # noqa: A002 - mirrors argparse
+def field(default: Any, help: str, **kw: Any) -> Any:
     """A dataclass field with its --help text (metadata read by `build_parser`)."""
     return dataclasses.field(default=default, metadata={"help": help, **kw})
 

@@ -16,9 +16,8 @@ OUT_DIR = Path(__file__).resolve().parent / "rpc" / "gen"
 
 def generate(out_dir: Path = OUT_DIR) -> Path:
     """Run protoc and install the stubs as the package `common.rpc.gen` (relative imports)."""
-    from grpc_tools import protoc  # local import: only needed at build time
-
     import grpc_tools
+    from grpc_tools import protoc  # local import: only needed at build time
 
     well_known = Path(grpc_tools.__file__).parent / "_proto"
     with tempfile.TemporaryDirectory() as tmp:
@@ -45,6 +44,13 @@ def generate(out_dir: Path = OUT_DIR) -> Path:
     return out_dir
 
 
+def ensure_generated() -> None:
+    """Generate the stubs if they are missing (a source checkout that skipped `make proto`)."""
+    if not (OUT_DIR / "verifier_pb2_grpc.py").exists():
+        generate()
+        shutil.rmtree(OUT_DIR / "__pycache__", ignore_errors=True)
+
+
 def main() -> int:
     out = generate()
     print(f"generated draftlink.v1 stubs in {out}")
@@ -53,10 +59,3 @@ def main() -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-def ensure_generated() -> None:
-    """Generate the stubs if they are missing (a source checkout that skipped `make proto`)."""
-    if not (OUT_DIR / "verifier_pb2_grpc.py").exists():
-        generate()
-        shutil.rmtree(OUT_DIR / "__pycache__", ignore_errors=True)
