@@ -81,10 +81,12 @@ class SpecDecodeMetrics:
             f"{p}num_resampled", "Rounds that ended in a residual (resampled) token", registry=registry
         )
         self.uplink_bytes = Counter(
-            f"{PREFIX}uplink_bytes", "Codec payload bytes sent edge → cloud", registry=registry
+            f"{PREFIX}uplink_bytes",
+            "Uplink bytes edge → cloud (edge: serialized request messages; cloud: codec payloads received)",
+            registry=registry,
         )
         self.downlink_bytes = Counter(
-            f"{PREFIX}downlink_bytes", "Verdict bytes sent cloud → edge", registry=registry
+            f"{PREFIX}downlink_bytes", "Downlink bytes cloud → edge (serialized responses)", registry=registry
         )
         self.verify_seconds = latency_histogram(
             registry, "verify_seconds", "Decode + target forward + verification time per block"

@@ -1,1 +1,24 @@
-"""draftlink common/models package."""
+"""Model specs → loaded (model, tokenizer); tokenizer fingerprint; KV-cached forwards; fetching."""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from common.models.cached import CachedLM
+    from common.models.loading import LoadedModel, check_compatible, load_model, tokenizer_fingerprint
+
+__all__ = ["CachedLM", "LoadedModel", "check_compatible", "load_model", "tokenizer_fingerprint"]
+
+# Lazy (PEP 562) so `python -m common.models.fetch` and the test conftest's all_fetched() check
+# do not pay for importing torch and transformers.
+_HOME = {"CachedLM": "cached"} | dict.fromkeys(
+    ["LoadedModel", "check_compatible", "load_model", "tokenizer_fingerprint"], "loading"
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOME:
+        return getattr(importlib.import_module(f"common.models.{_HOME[name]}"), name)
+    raise AttributeError(f"module 'common.models' has no attribute {name!r}")

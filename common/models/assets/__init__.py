@@ -1,0 +1,1 @@
+"""Committed data files of the tiny models (a package so setuptools ships them)."""
