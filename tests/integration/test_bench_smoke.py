@@ -6,6 +6,7 @@ import csv
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,7 +18,7 @@ KSQS = "ksqs:k=16,ell=100"
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+def results(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
     out = tmp_path_factory.mktemp("bench")
     doc = out / "BENCH.md"
     argv = [
@@ -45,7 +46,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     return out, json.loads((out / "results.json").read_text())
 
 
-def test_outputs_written(results: tuple[Path, dict]) -> None:
+def test_outputs_written(results: tuple[Path, dict[str, Any]]) -> None:
     out, data = results
     assert len(data["cells"]) == 4  # 2 methods × 1 rate × 1 delay × 2 temperatures
     with (out / "results.csv").open() as fh:
@@ -57,7 +58,7 @@ def test_outputs_written(results: tuple[Path, dict]) -> None:
     assert KSQS in text
 
 
-def test_cells_internally_consistent(results: tuple[Path, dict]) -> None:
+def test_cells_internally_consistent(results: tuple[Path, dict[str, Any]]) -> None:
     _, data = results
     for row in data["cells"]:
         assert row["errors"] == 0, row.get("error_sample")
@@ -80,7 +81,7 @@ def test_cells_internally_consistent(results: tuple[Path, dict]) -> None:
         assert row["expected_resampling"] <= row["bound_total"] + 1e-9
 
 
-def test_greedy_exact_end_to_end(results: tuple[Path, dict]) -> None:
+def test_greedy_exact_end_to_end(results: tuple[Path, dict[str, Any]]) -> None:
     _, data = results
     greedy = [r for r in data["cells"] if r["temperature"] == 0.0 and r["method"] == KSQS]
     assert greedy
