@@ -21,7 +21,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--methods", help="';'-separated methods (codec specs or cloud-only)")
     p.add_argument("--rates", help="comma-separated uplink rates in bit/s (0 = unshaped)")
     p.add_argument("--delays", help="comma-separated one-way delays in ms")
-    p.add_argument("--temperatures", help="comma-separated temperatures (0 adds the greedy exactness check)")
+    p.add_argument(
+        "--temperatures", help="comma-separated temperatures of the grid (a T=0 exactness pass always runs)"
+    )
     p.add_argument("--prompts", type=int, help="number of prompts per cell")
     p.add_argument("--max-tokens", type=int, help="tokens generated per prompt")
     p.add_argument("--draft-len", type=int, help="drafts per round (L)")
@@ -48,9 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     from tqdm import tqdm
 
-    from bench.sweep import sweep
+    from bench.sweep import count_cells, sweep
 
-    cells = len(profile.methods) * len(profile.rates_bps) * len(profile.delays_ms) * len(profile.temperatures)
+    cells = count_cells(profile)
     bar = tqdm(total=cells, desc=f"bench {profile.name}", unit="cell", disable=args.quiet, file=sys.stderr)
     meta, rows = sweep(profile, bar.write, lambda: bar.update(1))
     bar.close()

@@ -24,6 +24,7 @@ class Profile:
     draft_len: int = 4
     downlink_bps: float = 0.0  # 0 = unshaped (the papers shape the uplink)
     cell_budget_s: float = 120.0  # stop sending prompts to a cell after this much time
+    max_round_upload_s: float = 20.0  # skip a cell whose formula payload per round takes longer
     inprocess_method: str = "ksqs:k=16,ell=100"
     cloud_args: tuple[str, ...] = field(default_factory=tuple)
     edge_args: tuple[str, ...] = field(default_factory=tuple)
@@ -61,7 +62,6 @@ PROFILES: dict[str, Profile] = {
         methods=(
             CLOUD_ONLY,
             "dense:fp16",
-            "dense:fp32",
             "qs:ell=240",
             "qs:ell=720",
             "ksqs:k=16,ell=100",
@@ -73,7 +73,8 @@ PROFILES: dict[str, Profile] = {
         temperatures=(0.4, 1.0),
         cell_budget_s=150.0,
         cloud_args=("--fast-linear",),
-        edge_args=("--fast-linear",),
+        # int8 drafter: ~5x faster steps on CPU for a small agreement loss (docs/BENCHMARKS.md, Models)
+        edge_args=("--int8",),
     ),
 }
 

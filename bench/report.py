@@ -78,6 +78,12 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     )
     lines = [head, "|" + "---|" * 13]
     for r in rows:
+        if r.get("skipped"):
+            lines.append(
+                f"| {r['method']} | {r['temperature']} | {rate_label(r['rate_bps'])} | {r['delay_ms']} | "
+                f"skipped: {r['skipped']} |" + " |" * 8
+            )
+            continue
         bits = " / ".join(
             _fmt(r.get(k), 4)
             for k in (
@@ -110,7 +116,7 @@ def plot(out_dir: Path, rows: Sequence[dict[str, Any]], ksizes: dict[str, list[i
     import matplotlib.pyplot as plt
 
     paths: list[Path] = []
-    for temp in sorted({r["temperature"] for r in rows}):
+    for temp in sorted({r["temperature"] for r in rows if r["rate_bps"]}):
         fig, ax = plt.subplots(figsize=(7, 4.5))
         sub = [r for r in rows if r["temperature"] == temp and r["rate_bps"]]
         for method in dict.fromkeys(r["method"] for r in sub):
@@ -177,6 +183,9 @@ def append_markdown(
         f"Command: `{command}`  ",
         f"Date: {meta.get('date')}; machine: {meta.get('machine')}; models: {meta.get('models')}; "
         f"prompts: {meta.get('prompts')}; max_tokens: {meta.get('max_tokens')}.\n",
+        "Headline comparisons (computed from the cells below):\n",
+        *headline(rows, meta),
+        "",
         markdown_table(rows),
         "",
     ]
@@ -185,3 +194,91 @@ def append_markdown(
     doc.parent.mkdir(parents=True, exist_ok=True)
     with doc.open("a") as fh:
         fh.write("\n".join(parts) + "\n")
+
+
+def _cell(
+    rows: Sequence[dict[str, Any]], method_prefix: str, temp: float, rate: float
+) -> list[dict[str, Any]]:
+    return [
+        r
+        for r in rows
+        if r["method"].startswith(method_prefix)
+        and r["temperature"] == temp
+        and r["rate_bps"] == rate
+        and r.get("pass", "grid") == "grid"
+        and r.get("tokens_per_s")
+    ]
+
+
+def _ratio_line(name: str, mine: list[dict[str, Any]], other: list[dict[str, Any]]) -> str:
+    best = max(other, key=lambda r: r["tokens_per_s"]) if other else None
+    parts = []
+    for r in mine:
+        if best is None:
+            parts.append(f"{r['method']}: no {name} cell")
+            continue
+        parts.append(
+            f"{r['method']} {r['tokens_per_s']:.3g} tok/s = {r['tokens_per_s'] / best['tokens_per_s']:.2f}× "
+            f"{best['method']} ({best['tokens_per_s']:.3g} tok/s; "
+            f"resampling {_fmt(r.get('resampling_rate'))} vs {_fmt(best.get('resampling_rate'))})"
+        )
+    return "; ".join(parts)
+
+
+def headline(rows: Sequence[dict[str, Any]], meta: dict[str, Any], rate: float = 1e6) -> list[str]:
+    """The issue's target comparisons, computed from the measured cells (no figure typed by hand)."""
+    out: list[str] = []
+    for temp in sorted({r["temperature"] for r in rows if r.get("pass", "grid") == "grid"}):
+        sparse = _cell(rows, "ksqs", temp, rate) + _cell(rows, "csqs", temp, rate)
+        out.append(
+            f"- {rate_label(rate)}, T={temp}, vs dense:fp16: "
+            + _ratio_line("dense:fp16", sparse, _cell(rows, "dense:fp16", temp, rate))
+        )
+        out.append(
+            f"- {rate_label(rate)}, T={temp}, vs best qs: "
+            + _ratio_line("qs", sparse, _cell(rows, "qs:", temp, rate))
+        )
+        k, c = _cell(rows, "ksqs", temp, rate), _cell(rows, "csqs", temp, rate)
+        if k and c:
+            bk, bc = max(k, key=lambda r: r["tokens_per_s"]), max(c, key=lambda r: r["tokens_per_s"])
+            lead = bk if bk["tokens_per_s"] >= bc["tokens_per_s"] else bc
+            out.append(
+                f"- regime T={temp}: {lead['method']} ahead ({bk['method']} {bk['tokens_per_s']:.3g} tok/s, "
+                f"accept {_fmt(bk.get('acceptance_rate'))}; {bc['method']} {bc['tokens_per_s']:.3g} tok/s, "
+                f"accept {_fmt(bc.get('acceptance_rate'))})"
+            )
+    wire = [
+        r
+        for r in rows
+        if r.get("wire_bits_per_draft_token")
+        and r.get("formula_bits_per_draft_token")
+        and r.get("pass", "grid") == "grid"
+    ]
+    if wire:
+        devs = {
+            r["method"]: r["wire_bits_per_draft_token"] / r["formula_bits_per_draft_token"] - 1 for r in wire
+        }
+        pays = {
+            r["method"]: r["payload_bits_per_draft_token"] / r["formula_bits_per_draft_token"] - 1
+            for r in wire
+        }
+        out.append(
+            "- bits per draft token, wire vs formula (last cell per method): "
+            + ", ".join(f"{m} {100 * d:+.1f}% (payload {100 * pays[m]:+.1f}%)" for m, d in devs.items())
+        )
+    ref = meta.get("inprocess") or {}
+    uns = [r for r in rows if r.get("pass") == "unshaped" and r["method"] == ref.get("method")]
+    if uns and ref.get("tokens_per_s") and uns[0].get("tokens_per_s"):
+        mine, theirs = uns[0]["tokens_per_s"], ref["tokens_per_s"]
+        out.append(
+            f"- unshaped link, {ref['method']} T={ref['temperature']}: edge–cloud {mine:.3g} tok/s "
+            f"vs one process {theirs:.3g} tok/s = {mine / theirs:.0%}"
+        )
+    greedy = [r for r in rows if "greedy_equals_cloud_only" in r]
+    if greedy:
+        bad = [r["method"] for r in greedy if not r["greedy_equals_cloud_only"]]
+        out.append(
+            f"- T=0 text equals cloud-only for {len(greedy) - len(bad)}/{len(greedy)} methods"
+            + (f" (differs: {', '.join(bad)})" if bad else "")
+        )
+    return out

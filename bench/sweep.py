@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,7 @@ def inprocess_references(profile: Profile, prompts: list[str], say: Progress) ->
     drafter, target = load_model(profile.drafter), load_model(profile.target)
     tok = target.tokenizer
     bounds: dict[str, dict[str, Any]] = {}
-    for temp in profile.temperatures:
+    for temp in sorted({0.0, *profile.temperatures}):  # T = 0 for the greedy exactness pass
         conts = []
         for i, prompt in enumerate(prompts):  # a target continuation to teacher-force along
             ids = tok.encode(prompt)
@@ -118,64 +119,114 @@ def run_cell(
     return results, False
 
 
+@dataclass(frozen=True)
+class Pass:
+    """One link setting and the (temperature, method) cells run on it."""
+
+    name: str
+    rate_bps: float
+    delay_ms: float
+    temperatures: tuple[float, ...]
+    methods: tuple[str, ...]
+    num_prompts: int
+
+
+def plan(profile: Profile) -> list[Pass]:
+    """Unshaped reference (protocol overhead), greedy exactness (T = 0, every method), then the grid."""
+    t_ref = profile.temperatures[0]
+    passes = [
+        Pass("unshaped", 0.0, 0.0, (t_ref,), (CLOUD_ONLY, profile.inprocess_method), profile.num_prompts),
+        Pass("greedy", 0.0, 0.0, (0.0,), profile.methods, min(2, profile.num_prompts)),
+    ]
+    for rate in profile.rates_bps:
+        for delay in profile.delays_ms:
+            passes.append(
+                Pass("grid", rate, delay, profile.temperatures, profile.methods, profile.num_prompts)
+            )
+    return passes
+
+
+def _round_upload_s(method: str, rate_bps: float, vocab_size: int, draft_len: int) -> float:
+    """Seconds one full block's formula payload takes on the uplink (0 when unshaped)."""
+    bits = formula_bits(method, vocab_size, draft_len, None)
+    return 0.0 if not rate_bps or bits is None else bits * draft_len / rate_bps
+
+
+def count_cells(profile: Profile) -> int:
+    """Cells in the plan (for the progress bar)."""
+    return sum(len(p.temperatures) * len(p.methods) for p in plan(profile))
+
+
+def _row(
+    p: Pass, method: str, temp: float, results: list[RequestResult], cut: bool, refs: dict[str, Any], L: int
+) -> dict[str, Any]:
+    """One cell's figures: measured ones from the requests, bound terms from the in-process analysis."""
+    bound = refs["bounds"].get(f"{method}|{temp}", {})
+    formula = formula_bits(method, refs["vocab_size"], L, bound.get("support"))
+    row = {
+        "pass": p.name,
+        "method": method,
+        "temperature": temp,
+        "rate_bps": p.rate_bps,
+        "delay_ms": p.delay_ms,
+        "draft_len": L,
+        "cut_short": cut,
+        **aggregate(results, formula),
+    }
+    row.update({f"bound_{k}": bound.get(k) for k in ("mismatch", "sparsification", "lattice")})
+    row["bound_total"] = bound.get("bound")
+    row["expected_resampling"] = bound.get("resampling")
+    return row
+
+
 def sweep(
     profile: Profile, say: Progress, tick: Callable[[], None]
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Run the whole grid; returns (meta, rows)."""
+    """Run every pass; returns (meta, rows)."""
     prompts = load_prompts(profile.prompt_file, profile.num_prompts)
     refs = inprocess_references(profile, prompts, say)
-    first_rate = profile.rates_bps[0]
+    edge_args = (*profile.edge_args, "--max-tokens-limit", str(max(4096, profile.max_tokens)))
     cfg = StackConfig(
         cloud_model=profile.target,
         edge_model=profile.drafter,
         link=True,
-        uplink_bps=first_rate,
+        uplink_bps=0.0,
         downlink_bps=profile.downlink_bps,
-        delay_ms=profile.delays_ms[0],
+        delay_ms=0.0,
         cloud_args=profile.cloud_args,
-        edge_args=(*profile.edge_args, "--max-tokens-limit", str(max(4096, profile.max_tokens))),
+        edge_args=edge_args,
         ready_timeout=600.0,
     )
     rows: list[dict[str, Any]] = []
-    texts: dict[tuple[float, float, float, str], list[str]] = {}
+    texts: dict[tuple[str, float, float, float, str], list[str]] = {}
     with Stack(cfg) as stack, httpx.Client() as client:
-        for rate in profile.rates_bps:
-            for delay in profile.delays_ms:
-                stack.restart_link(uplink_bps=rate, delay_ms=delay, downlink_bps=profile.downlink_bps)
-                for temp in profile.temperatures:
-                    for method in profile.methods:
-                        results, cut = run_cell(stack, client, profile, method, temp, prompts)
-                        bound = refs["bounds"].get(f"{method}|{temp}", {})
-                        mean_k = bound.get("support")
-                        row = {
-                            "method": method,
-                            "temperature": temp,
-                            "rate_bps": rate,
-                            "delay_ms": delay,
-                            "draft_len": profile.draft_len,
-                            "cut_short": cut,
-                            **aggregate(
-                                results, formula_bits(method, refs["vocab_size"], profile.draft_len, mean_k)
-                            ),
-                        }
-                        row.update(
-                            {f"bound_{k}": bound.get(k) for k in ("mismatch", "sparsification", "lattice")}
-                        )
-                        row["bound_total"] = bound.get("bound")
-                        row["expected_resampling"] = bound.get("resampling")
-                        texts[(rate, delay, temp, method)] = [r.text for r in results]
-                        rows.append(row)
-                        say(
-                            f"{method} T={temp} rate={rate:g} delay={delay}: "
-                            f"{row['tokens_per_s'] and round(row['tokens_per_s'], 3)} tok/s, "
-                            f"accept={row['acceptance_rate']}, errors={row['errors']}"
-                        )
-                        tick()
+        for p in plan(profile):
+            stack.restart_link(uplink_bps=p.rate_bps, delay_ms=p.delay_ms, downlink_bps=profile.downlink_bps)
+            for temp in p.temperatures:
+                for method in p.methods:
+                    upload_s = _round_upload_s(method, p.rate_bps, refs["vocab_size"], profile.draft_len)
+                    skip = upload_s > profile.max_round_upload_s
+                    results, cut = (
+                        ([], False)
+                        if skip
+                        else run_cell(stack, client, profile, method, temp, prompts[: p.num_prompts])
+                    )
+                    row = _row(p, method, temp, results, cut, refs, profile.draft_len)
+                    row["skipped"] = f"{upload_s:.0f} s of uplink per round" if skip else None
+                    texts[(p.name, p.rate_bps, p.delay_ms, temp, method)] = [r.text for r in results]
+                    rows.append(row)
+                    tps = row["tokens_per_s"]
+                    say(
+                        f"[{p.name}] {method} T={temp} rate={p.rate_bps:g} delay={p.delay_ms}: "
+                        f"{tps and round(tps, 3)} tok/s, accept={row['acceptance_rate']}, "
+                        f"errors={row['errors']}"
+                    )
+                    tick()
     _greedy_check(rows, texts)
     meta = {
         "profile": asdict(profile),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": f"{platform.machine()}, {_cpus()} cores",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "models": f"{profile.drafter} → {profile.target}",
         "prompts": f"{profile.prompt_file} (first {len(prompts)})",
         "max_tokens": profile.max_tokens,
@@ -186,21 +237,14 @@ def sweep(
 
 
 def _greedy_check(
-    rows: list[dict[str, Any]], texts: dict[tuple[float, float, float, str], list[str]]
+    rows: list[dict[str, Any]], texts: dict[tuple[str, float, float, float, str], list[str]]
 ) -> None:
-    """At T = 0 every method's texts must equal cloud-only's in the same link setting (exactness)."""
+    """At T = 0 every method's texts must equal cloud-only's on the same link (exactness end to end)."""
     for row in rows:
         if row["temperature"] != 0.0:
             continue
-        key = (row["rate_bps"], row["delay_ms"], 0.0)
-        ref = texts.get((*key, CLOUD_ONLY))
-        mine = texts.get((*key, row["method"]))
+        key = (row["pass"], row["rate_bps"], row["delay_ms"], 0.0)
+        ref, mine = texts.get((*key, CLOUD_ONLY)), texts.get((*key, row["method"]))
         if ref is not None and mine is not None:
             n = min(len(ref), len(mine))
             row["greedy_equals_cloud_only"] = n > 0 and ref[:n] == mine[:n]
-
-
-def _cpus() -> int:
-    import os
-
-    return os.cpu_count() or 0

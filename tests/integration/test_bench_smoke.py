@@ -31,7 +31,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, A
         "--delays",
         "5",
         "--temperatures",
-        "0,1.0",
+        "1.0",
         "--prompts",
         "2",
         "--max-tokens",
@@ -48,9 +48,10 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, A
 
 def test_outputs_written(results: tuple[Path, dict[str, Any]]) -> None:
     out, data = results
-    assert len(data["cells"]) == 4  # 2 methods × 1 rate × 1 delay × 2 temperatures
+    # unshaped reference (2) + greedy exactness pass (2 methods) + grid (2 methods × 1 rate × 1 T)
+    assert [r["pass"] for r in data["cells"]] == ["unshaped"] * 2 + ["greedy"] * 2 + ["grid"] * 2
     with (out / "results.csv").open() as fh:
-        assert len(list(csv.DictReader(fh))) == 4
+        assert len(list(csv.DictReader(fh))) == 6
     assert (out / "tokens_per_s_T1.0.png").stat().st_size > 0
     assert (out / "resampling_vs_bits.png").stat().st_size > 0
     text = (out / "BENCH.md").read_text()
