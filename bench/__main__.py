@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from bench.grid import PROFILES, customise
+from bench.grid import PROFILES, Profile, customise
 from bench.report import append_markdown, plot, write_csv, write_json
 
 
@@ -28,11 +30,47 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--max-tokens", type=int, help="tokens generated per prompt")
     p.add_argument("--draft-len", type=int, help="drafts per round (L)")
     p.add_argument("--cell-budget", type=float, help="seconds after which a cell stops sending prompts")
-    p.add_argument("--out", default="bench/results", help="output folder (results.json, results.csv, plots)")
+    p.add_argument(
+        "--out", help="output folder for results.json, results.csv and plots (default: docs/bench/<profile>)"
+    )
     p.add_argument("--doc", default="docs/BENCHMARKS.md", help="markdown file the summary is appended to")
     p.add_argument("--no-doc", action="store_true", help="do not append to the markdown file")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--from-results",
+        metavar="JSON",
+        help="re-render plots and the markdown summary from a stored results.json (no run)",
+    )
     return p.parse_args(argv)
+
+
+def run(profile: Profile, quiet: bool) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The sweep with a progress bar."""
+    from tqdm import tqdm
+
+    from bench.sweep import count_cells, sweep
+
+    bar = tqdm(
+        total=count_cells(profile), desc=f"bench {profile.name}", unit="cell", disable=quiet, file=sys.stderr
+    )
+    try:
+        return sweep(profile, bar.write, lambda: bar.update(1))
+    finally:
+        bar.close()
+
+
+def rerender(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Stored measurements; derived formula columns recomputed with the current code."""
+    from bench.sweep import formula_bits
+
+    data = json.loads(path.read_text())
+    meta, rows = data["meta"], data["cells"]
+    vocab = meta.get("vocab_size")
+    for row in rows:
+        if vocab and row["method"] != "cloud-only":
+            ks = meta.get("ksizes", {}).get(f"{row['method']}|{row['temperature']}")
+            row["formula_bits_per_draft_token"] = formula_bits(row["method"], vocab, row["draft_len"], ks)
+    return meta, rows
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -48,20 +86,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.draft_len,
         args.cell_budget,
     )
-    from tqdm import tqdm
-
-    from bench.sweep import count_cells, sweep
-
-    cells = count_cells(profile)
-    bar = tqdm(total=cells, desc=f"bench {profile.name}", unit="cell", disable=args.quiet, file=sys.stderr)
-    meta, rows = sweep(profile, bar.write, lambda: bar.update(1))
-    bar.close()
-    out = Path(args.out)
+    out = Path(args.out or f"docs/bench/{profile.name}")
     out.mkdir(parents=True, exist_ok=True)
     command = "draftlink-bench " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
     )
-    meta["command"] = command
+    if args.from_results:
+        meta, rows = rerender(Path(args.from_results))
+        meta["rendered_by"] = command
+        command = str(meta.get("command", command))
+    else:
+        meta, rows = run(profile, args.quiet)
+        meta["command"] = command
     write_json(out / "results.json", meta, rows)
     write_csv(out / "results.csv", rows)
     plots = plot(out, rows, meta.get("ksizes", {}))

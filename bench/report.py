@@ -120,7 +120,9 @@ def plot(out_dir: Path, rows: Sequence[dict[str, Any]], ksizes: dict[str, list[i
         fig, ax = plt.subplots(figsize=(7, 4.5))
         sub = [r for r in rows if r["temperature"] == temp and r["rate_bps"]]
         for method in dict.fromkeys(r["method"] for r in sub):
-            pts = sorted((r["rate_bps"], r["tokens_per_s"] or 0.0) for r in sub if r["method"] == method)
+            pts = sorted(
+                (r["rate_bps"], r["tokens_per_s"]) for r in sub if r["method"] == method and r["tokens_per_s"]
+            )
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
         ax.set_xscale("log")
         ax.set_xlabel("uplink rate (bit/s)")
@@ -160,7 +162,7 @@ def plot(out_dir: Path, rows: Sequence[dict[str, Any]], ksizes: dict[str, list[i
         ax.set_xlabel("K_t (retained support size)")
         ax.set_ylabel("draft positions")
         ax.set_title(method)
-        safe = method.replace(":", "_").replace(",", "_").replace("=", "")
+        safe = method.replace("|", "_T").replace(":", "_").replace(",", "_").replace("=", "")
         path = out_dir / f"kt_hist_{safe}.png"
         fig.tight_layout()
         fig.savefig(path, dpi=110)
@@ -181,6 +183,11 @@ def append_markdown(
     parts = [
         f"\n## {title}\n",
         f"Command: `{command}`  ",
+        *(
+            [f"Rendered from the stored results by: `{meta['rendered_by']}`  "]
+            if meta.get("rendered_by")
+            else []
+        ),
         f"Date: {meta.get('date')}; machine: {meta.get('machine')}; models: {meta.get('models')}; "
         f"prompts: {meta.get('prompts')}; max_tokens: {meta.get('max_tokens')}.\n",
         "Headline comparisons (computed from the cells below):\n",
@@ -189,8 +196,12 @@ def append_markdown(
         markdown_table(rows),
         "",
     ]
-    if plots:
-        parts.append("Plots: " + ", ".join(f"`{p}`" for p in plots))
+    for p in plots:  # embedded, relative to the markdown file when they live under its folder
+        try:
+            rel = p.resolve().relative_to(doc.resolve().parent)
+        except ValueError:
+            rel = p
+        parts.append(f"![{p.stem}]({rel})")
     doc.parent.mkdir(parents=True, exist_ok=True)
     with doc.open("a") as fh:
         fh.write("\n".join(parts) + "\n")
@@ -225,10 +236,19 @@ def _ratio_line(name: str, mine: list[dict[str, Any]], other: list[dict[str, Any
     return "; ".join(parts)
 
 
-def headline(rows: Sequence[dict[str, Any]], meta: dict[str, Any], rate: float = 1e6) -> list[str]:
+def headline(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> list[str]:
     """The issue's target comparisons, computed from the measured cells (no figure typed by hand)."""
+    grid = [r for r in rows if r.get("pass", "grid") == "grid"]
+    rates = sorted({r["rate_bps"] for r in grid} & {1e6, min((r["rate_bps"] for r in grid), default=1e6)})
+    out = [line for rate in rates for line in _compare_at(grid, rate)]
+    out += _wire_and_reference(rows, meta)
+    return out
+
+
+def _compare_at(rows: Sequence[dict[str, Any]], rate: float) -> list[str]:
+    """Sparse codecs vs dense:fp16 and vs the best qs, and K-SQS vs C-SQS, at one uplink rate."""
     out: list[str] = []
-    for temp in sorted({r["temperature"] for r in rows if r.get("pass", "grid") == "grid"}):
+    for temp in sorted({r["temperature"] for r in rows}):
         sparse = _cell(rows, "ksqs", temp, rate) + _cell(rows, "csqs", temp, rate)
         out.append(
             f"- {rate_label(rate)}, T={temp}, vs dense:fp16: "
@@ -243,10 +263,17 @@ def headline(rows: Sequence[dict[str, Any]], meta: dict[str, Any], rate: float =
             bk, bc = max(k, key=lambda r: r["tokens_per_s"]), max(c, key=lambda r: r["tokens_per_s"])
             lead = bk if bk["tokens_per_s"] >= bc["tokens_per_s"] else bc
             out.append(
-                f"- regime T={temp}: {lead['method']} ahead ({bk['method']} {bk['tokens_per_s']:.3g} tok/s, "
+                f"- regime {rate_label(rate)}, T={temp}: {lead['method']} ahead "
+                f"({bk['method']} {bk['tokens_per_s']:.3g} tok/s, "
                 f"accept {_fmt(bk.get('acceptance_rate'))}; {bc['method']} {bc['tokens_per_s']:.3g} tok/s, "
                 f"accept {_fmt(bc.get('acceptance_rate'))})"
             )
+    return out
+
+
+def _wire_and_reference(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> list[str]:
+    """Wire vs formula bits, edge–cloud vs one process, and the T = 0 exactness check."""
+    out: list[str] = []
     wire = [
         r
         for r in rows

@@ -7,7 +7,7 @@ import json
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from bench.inprocess import BoundTerms, bound_terms, speculative_generate
 from bench.runner import RequestResult, aggregate, complete
 from common.codec import make_codec
 from common.launch import Stack, StackConfig
-from common.models import load_model
+from common.models import LoadedModel, load_model
 from common.types import SamplingParams
 
 Progress = Callable[[str], None]
@@ -37,18 +37,32 @@ def load_prompts(path: str, n: int) -> list[str]:
     return out
 
 
-def formula_bits(method: str, vocab_size: int, draft_len: int, mean_k: float | None) -> float | None:
-    """Codec formula bits per draft token, the 32-bit block header spread over draft_len drafts."""
+def formula_bits(method: str, vocab_size: int, draft_len: int, ksizes: Sequence[int] | None) -> float | None:
+    """Codec formula bits per draft token, the 32-bit block header spread over draft_len drafts.
+
+    C-SQS's formula depends on K_t: it is averaged over the K_t the in-process analysis saw
+    (the formula is concave in K, so the formula at the mean K would understate it).
+    """
     if method == CLOUD_ONLY:
         return None
     codec = make_codec(method, vocab_size)
-    k = round(mean_k) if method.startswith("csqs") and mean_k else None
-    return float(codec.formula_bits(k)) + 32.0 / draft_len
+    if method.startswith("csqs") and ksizes:
+        per_token = sum(codec.formula_bits(k) for k in ksizes) / len(ksizes)
+    else:
+        per_token = codec.formula_bits(None)
+    return float(per_token) + 32.0 / draft_len
+
+
+def _load(spec: str, args: tuple[str, ...]) -> LoadedModel:
+    """Load a model with the options a served process's CLI flags imply."""
+    return load_model(spec, fast_linear="--fast-linear" in args, int8="--int8" in args)
 
 
 def inprocess_references(profile: Profile, prompts: list[str], say: Progress) -> dict[str, Any]:
     """§7 bound terms per (method, T), and one-process speculative decoding tokens/s (unshaped reference)."""
-    drafter, target = load_model(profile.drafter), load_model(profile.target)
+    # the same model options as the served processes, so the one-process reference is comparable
+    drafter = _load(profile.drafter, profile.edge_args)
+    target = _load(profile.target, profile.cloud_args)
     tok = target.tokenizer
     bounds: dict[str, dict[str, Any]] = {}
     for temp in sorted({0.0, *profile.temperatures}):  # T = 0 for the greedy exactness pass
@@ -152,6 +166,12 @@ def _round_upload_s(method: str, rate_bps: float, vocab_size: int, draft_len: in
     return 0.0 if not rate_bps or bits is None else bits * draft_len / rate_bps
 
 
+def warm_up(stack: Stack, client: httpx.Client, profile: Profile, prompt: str) -> None:
+    """One unrecorded request per mode: first forwards pay one-off allocation and lazy init."""
+    for method in (CLOUD_ONLY, profile.inprocess_method):
+        complete(client, stack.edge_url, _body(method, prompt, 0.0, profile, 0), None, 600.0)
+
+
 def count_cells(profile: Profile) -> int:
     """Cells in the plan (for the progress bar)."""
     return sum(len(p.temperatures) * len(p.methods) for p in plan(profile))
@@ -162,7 +182,7 @@ def _row(
 ) -> dict[str, Any]:
     """One cell's figures: measured ones from the requests, bound terms from the in-process analysis."""
     bound = refs["bounds"].get(f"{method}|{temp}", {})
-    formula = formula_bits(method, refs["vocab_size"], L, bound.get("support"))
+    formula = formula_bits(method, refs["vocab_size"], L, bound.get("support_sizes"))
     row = {
         "pass": p.name,
         "method": method,
@@ -200,6 +220,7 @@ def sweep(
     rows: list[dict[str, Any]] = []
     texts: dict[tuple[str, float, float, float, str], list[str]] = {}
     with Stack(cfg) as stack, httpx.Client() as client:
+        warm_up(stack, client, profile, prompts[0])
         for p in plan(profile):
             stack.restart_link(uplink_bps=p.rate_bps, delay_ms=p.delay_ms, downlink_bps=profile.downlink_bps)
             for temp in p.temperatures:
