@@ -9,7 +9,16 @@ import numpy as np
 from common.codec.draft import Draft
 from common.codec.lattice import sample_counts, sample_probs
 
-__all__ = ["accepts", "probs_from_logits", "residual", "sample_counts", "sample_probs", "verify"]
+__all__ = [
+    "DRAFTER_SEED_TAG",
+    "accepts",
+    "drafter_rng",
+    "probs_from_logits",
+    "residual",
+    "sample_counts",
+    "sample_probs",
+    "verify",
+]
 
 
 def probs_from_logits(logits: np.ndarray, temperature: float, top_p: float = 1.0) -> np.ndarray:
