@@ -100,12 +100,10 @@ def aggregate(results: Sequence[RequestResult], formula_bits: float | None) -> d
     drafted = _sum(ok, "num_draft_tokens")
     accepted = _sum(ok, "num_accepted_draft_tokens")
     rounds = _sum(ok, "rounds")
-    payload_bits = sum(8 * (r.spec.get("payload_bytes") or 0) for r in ok)
-    if not payload_bits:  # older edges report only the ratio: rebuild the sum from it
-        payload_bits = sum(
-            (r.spec.get("bits_per_draft_token") or 0) * (r.spec.get("num_draft_tokens") or 0) for r in ok
-        )
-    resampled = _sum(ok, "num_resampled") if any("num_resampled" in r.spec for r in ok) else None
+    # the edge reports bits_per_draft_token = 8·payload_bytes / num_draft_tokens per request
+    payload_bits = sum(
+        (r.spec.get("bits_per_draft_token") or 0) * (r.spec.get("num_draft_tokens") or 0) for r in ok
+    )
     wire_up = sum(r.wire_up for r in ok)
     ttfts = [r.ttft for r in ok if r.ttft is not None]
     return {
@@ -121,9 +119,7 @@ def aggregate(results: Sequence[RequestResult], formula_bits: float | None) -> d
         "rounds": rounds,
         "acceptance_rate": accepted / drafted if drafted else None,
         "mean_acceptance_length": 1 + accepted / rounds if rounds else None,
-        "resampling_rate": (resampled / (accepted + resampled))
-        if resampled is not None and accepted + resampled
-        else _resampling_from_spec(ok),
+        "resampling_rate": _resampling_from_spec(ok),
         "payload_bits_per_draft_token": payload_bits / drafted if drafted else None,
         "wire_bits_per_draft_token": 8 * wire_up / drafted if drafted and wire_up else None,
         "formula_bits_per_draft_token": formula_bits,

@@ -12,12 +12,12 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import grpc
-import numpy as np
 
 from cloud.app import CloudServer
 from cloud.config import CloudConfig
 from common.codec import Codec, Draft
 from common.models import CachedLM, LoadedModel, load_model
+from common.models.agreement import greedy_continuation
 from common.rpc import convert as cv
 from common.rpc import pb
 from common.sampling import drafter_rng, probs_from_logits
@@ -157,14 +157,7 @@ class SyncSession:
 
 def greedy_tokens(lm: LoadedModel, prompt: Sequence[int], n: int) -> list[int]:
     """The target's own greedy continuation (argmax, lowest id on ties), n tokens."""
-    cache = CachedLM(lm)
-    logits = cache.extend(list(prompt))[-1]  # [V]
-    out: list[int] = []
-    for _ in range(n):
-        probs = probs_from_logits(logits.numpy()[None, :], 0.0, 1.0)  # [1, V] one-hot
-        out.append(int(np.argmax(probs[0])))
-        logits = cache.extend([out[-1]])[-1]
-    return out
+    return greedy_continuation(lm, prompt, n)
 
 
 class ReferenceDrafter:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -24,13 +24,20 @@ class Agreement:
         return self.matches / self.positions if self.positions else float("nan")
 
 
-def greedy_continuation(lm: LoadedModel, prompt_ids: Sequence[int], n_new: int) -> list[int]:
-    """Greedy-decode ``n_new`` tokens after the prompt (argmax, lowest id on ties)."""
+def greedy_continuation(
+    lm: LoadedModel, prompt_ids: Sequence[int], n_new: int, stop_ids: Collection[int] = ()
+) -> list[int]:
+    """Greedy-decode up to ``n_new`` tokens after the prompt (argmax, lowest id on ties).
+
+    Decoding ends after the first token in ``stop_ids`` (it is included), as a server would stop.
+    """
     cached = CachedLM(lm)
     logits = cached.extend(prompt_ids)  # [n_prompt, V]
     out: list[int] = []
-    for _ in range(n_new):
+    while len(out) < n_new:
         out.append(int(torch.argmax(logits[-1])))
+        if out[-1] in stop_ids:
+            break
         logits = cached.extend(out[-1:])  # [1, V]
     return out
 

@@ -10,10 +10,10 @@ from typing import Any
 import httpx
 import openai
 import pytest
-import torch
 
 from common.launch import Stack
-from common.models import CachedLM, LoadedModel, load_model
+from common.models import LoadedModel, load_model
+from common.models.agreement import greedy_continuation
 from tests.integration.stack import metric, scrape, start_stack, wait_for
 
 pytestmark = pytest.mark.integration
@@ -42,16 +42,7 @@ def target() -> LoadedModel:
 def target_greedy(prompt: list[int], max_new: int) -> list[int]:
     """The target's own greedy continuation (argmax, lowest id on ties), EOS included."""
     lm = target()
-    cache_ = CachedLM(lm)
-    logits = cache_.extend(prompt)
-    out: list[int] = []
-    while len(out) < max_new:
-        tok = int(torch.argmax(logits[-1]))
-        out.append(tok)
-        if tok in lm.eos_token_ids:
-            break
-        logits = cache_.extend([tok])
-    return out
+    return greedy_continuation(lm, prompt, max_new, lm.eos_token_ids)
 
 
 PROMPTS = [[5, 17, 300, 42, 7], [1000, 3, 3, 3, 3, 3, 9], list(range(100, 140))]
