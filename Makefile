@@ -47,7 +47,7 @@ fetch-models: venv ## download, verify and convert the default Qwen2.5-Coder pai
 
 run: venv proto ## serve cloud + link + edge on loopback (MODELS=tiny for the tiny pair)
 	@if [ "$(MODELS)" != "tiny" ]; then $(MAKE) --no-print-directory fetch-models; fi
-	$(BIN)/python -m common.launch --models $(MODELS)
+	$(BIN)/python -m launcher --models $(MODELS)
 
 bench: venv proto ## headline benchmark: the qwen profile through the real processes
 	$(MAKE) --no-print-directory fetch-models

@@ -18,9 +18,9 @@ from bench.grid import CLOUD_ONLY, Profile
 from bench.inprocess import BoundTerms, bound_terms, speculative_generate
 from bench.runner import RequestResult, aggregate, complete
 from common.codec import make_codec
-from common.launch import Stack, StackConfig
 from common.models import LoadedModel, load_model
 from common.types import SamplingParams
+from launcher.stack import Stack, StackConfig
 
 Progress = Callable[[str], None]
 

@@ -1,10 +1,9 @@
-"""Process runtime helpers: logging set-up, uvloop installation, free ports."""
+"""Process runtime helpers: logging set-up, uvloop installation."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import sys
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -29,10 +28,3 @@ def run_async(main: Coroutine[Any, Any, T]) -> T:
     except ImportError:  # pragma: no cover - only on platforms uvloop does not support
         return asyncio.run(main)
     return uvloop.run(main)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """Ask the kernel for a free TCP port on host (tests and `make run`)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])

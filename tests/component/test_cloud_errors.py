@@ -16,7 +16,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cloud.testing import ReferenceDrafter, ServerThread, SyncSession, greedy_tokens, run_session, tiny_config
 from common.codec import KIND_IDS, Codec, make_codec
 from common.codec.bitio import BitWriter
 from common.codec.enumerative import bits_for, composition_bound
@@ -24,6 +23,14 @@ from common.models import LoadedModel
 from common.rpc import convert as cv
 from common.rpc import pb
 from common.types import SamplingParams
+from tests.support.cloud import (
+    ReferenceDrafter,
+    ServerThread,
+    SyncSession,
+    greedy_tokens,
+    run_session,
+    tiny_config,
+)
 
 PROMPT = (11, 305, 42, 7, 1500, 99)
 MAX_PROMPT = 256

@@ -11,13 +11,12 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from cloud.testing import SyncSession
 from common.codec import make_codec
-from common.procs import ManagedProcess, python_module_argv
 from common.rpc import convert as cv
 from common.rpc import pb
-from common.runtime import free_port
 from common.types import SamplingParams
+from launcher.procs import ManagedProcess, free_port, python_module_argv
+from tests.support.cloud import SyncSession
 
 pytestmark = pytest.mark.integration
 

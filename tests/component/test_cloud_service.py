@@ -12,12 +12,12 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from cloud.testing import ReferenceDrafter, ServerThread, SyncSession, run_session, tiny_config
 from common.codec import make_codec
 from common.metrics import start_metrics_server
 from common.rpc import convert as cv
 from common.rpc import pb
 from common.types import SamplingParams
+from tests.support.cloud import ReferenceDrafter, ServerThread, SyncSession, run_session, tiny_config
 
 PROMPT = (11, 305, 42, 7, 1500, 99)
 HEALTHY = health_pb2.HealthCheckResponse

@@ -10,13 +10,20 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from cloud.testing import ReferenceDrafter, ServerThread, SyncSession, greedy_tokens, run_session, tiny_config
 from common.codec import make_codec
 from common.models import LoadedModel, load_model
 from common.rpc import convert as cv
 from common.rpc import pb
 from common.sampling import probs_from_logits
 from common.types import FinishReason, SamplingParams
+from tests.support.cloud import (
+    ReferenceDrafter,
+    ServerThread,
+    SyncSession,
+    greedy_tokens,
+    run_session,
+    tiny_config,
+)
 
 PROMPT = (11, 305, 42, 7, 1500, 99)
 CODECS = ["dense:fp32", "dense:fp16", "qs:ell=240", "ksqs:k=16,ell=100", "csqs:alpha=0.05,eta=0.02,ell=240"]

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from cloud.testing import ReferenceDrafter, greedy_tokens
 from cloud.verifier import (
     TargetCache,
     VerifierLimits,
@@ -24,6 +23,7 @@ from common.models import LoadedModel, load_model
 from common.rpc.convert import OpenRequest
 from common.rpc.status import InvalidRequestError, PreconditionError, ProtocolError
 from common.types import FinishReason, SamplingParams
+from tests.support.cloud import ReferenceDrafter, greedy_tokens
 
 LIMITS = VerifierLimits(max_draft_len=8, max_prompt_tokens=64, max_new_tokens=100)
 PROMPT = (11, 305, 42, 7, 1500, 99)

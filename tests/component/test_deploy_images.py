@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from common.runtime import free_port
 from deploy.tools import inventory as inv
+from launcher.procs import free_port
 
 LINK_DOCKERFILE = inv.DEPLOY / "docker" / "link.Dockerfile"
 

@@ -11,11 +11,11 @@ from typing import Any
 import httpx
 import pytest
 
-from cloud.testing import ServerThread, tiny_config
 from edge.app import start_service
 from edge.config import EdgeConfig
 from edge.http_api import build_app
 from edge.service import EdgeService
+from tests.support.cloud import ServerThread, tiny_config
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""common.launch without starting anything: model profiles, ports, argv wiring, CLI parsing."""
+"""launcher.stack without starting anything: model profiles, ports, argv wiring, CLI parsing."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from common.launch import MODEL_PAIRS, Stack, StackConfig, parse_args
+from launcher.stack import MODEL_PAIRS, Stack, StackConfig, parse_args
 
 
 def _flag(argv: list[str], name: str) -> str:

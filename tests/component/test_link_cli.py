@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from common.procs import ManagedProcess, python_module_argv
-from common.runtime import free_port
+from launcher.procs import ManagedProcess, free_port, python_module_argv
 from link.__main__ import main
 
 REPO = Path(__file__).resolve().parents[2]

@@ -14,7 +14,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from common.runtime import free_port
+from launcher.procs import free_port
 from link.config import LinkConfig
 from link.metrics import LinkMetrics
 from link.relay import LinkRelay

@@ -1,6 +1,6 @@
 """Integration harness: a real cloud (+ link) + edge stack on free ports, logs printed when a test fails.
 
-Process launch itself lives in common.launch (shared with `make run` and the benchmark); this
+Process launch itself lives in launcher.stack (shared with `make run` and the benchmark); this
 module adds what tests need: tiny models, fast settings, metrics scraping and condition polling.
 """
 
@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-from common.launch import Stack, StackConfig
-from common.procs import ProcessFailedError
+from launcher.procs import ProcessFailedError
+from launcher.stack import Stack, StackConfig
 
 # One torch thread per process: three processes share this machine's few cores.
 TEST_ENV = {

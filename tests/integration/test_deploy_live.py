@@ -15,10 +15,9 @@ import httpx
 import pytest
 import yaml
 
-from common.launch import Stack, StackConfig
-from common.procs import ManagedProcess
-from common.runtime import free_port
 from deploy.tools import inventory as inv
+from launcher.procs import ManagedProcess, free_port
+from launcher.stack import Stack, StackConfig
 
 pytestmark = pytest.mark.integration
 

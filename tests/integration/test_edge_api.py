@@ -11,9 +11,9 @@ import httpx
 import openai
 import pytest
 
-from common.launch import Stack
 from common.models import LoadedModel, load_model
 from common.models.agreement import greedy_continuation
+from launcher.stack import Stack
 from tests.integration.stack import metric, scrape, start_stack, wait_for
 
 pytestmark = pytest.mark.integration

@@ -10,9 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from common.launch import Stack
-from common.procs import ManagedProcess, python_module_argv
-from common.runtime import free_port
+from launcher.procs import ManagedProcess, free_port, python_module_argv
+from launcher.stack import Stack
 from tests.integration.stack import TEST_ENV, metric, start_stack, wait_for
 
 pytestmark = pytest.mark.integration

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from common.procs import ManagedProcess, python_module_argv
+from launcher.procs import ManagedProcess, python_module_argv
 
 pytestmark = [pytest.mark.netns, pytest.mark.integration]
 

@@ -1,4 +1,4 @@
-"""Test helpers that ship with the product: a CloudServer on its own thread and event loop."""
+"""Test support: a CloudServer on its own loop thread, a blocking Session client, a reference drafter."""
 
 from __future__ import annotations
 

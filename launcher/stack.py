@@ -1,6 +1,6 @@
 """Start cloud (+ link) + edge on loopback as managed child processes: `make run`, tests and bench share it.
 
-    python -m common.launch --models tiny|qwen [--port 8000] [--no-link] [--uplink-bps 2e6] ...
+    python -m launcher --models tiny|qwen [--port 8000] [--no-link] [--uplink-bps 2e6] ...
 
 Python API: `with Stack(StackConfig(models="tiny")) as stack: stack.base_url ...`
 """
@@ -19,8 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType, TracebackType
 
-from common.procs import ManagedProcess, ProcessFailedError, python_module_argv
-from common.runtime import free_port
+from launcher.procs import ManagedProcess, ProcessFailedError, free_port, python_module_argv
 
 # models profile -> (cloud target model, edge drafter model)
 MODEL_PAIRS: dict[str, tuple[str, str]] = {
@@ -246,12 +245,12 @@ class Stack:
         self.stop()
 
 
-# ---- `python -m common.launch` ------------------------------------------------------------------
+# ---- `python -m launcher` ---------------------------------------------------------------------------
 
 
 def parse_args(argv: Sequence[str] | None) -> StackConfig:
     p = argparse.ArgumentParser(
-        prog="python -m common.launch",
+        prog="python -m launcher",
         description="Serve draftlink on loopback: cloud verifier, link shaper (when available) and edge.",
     )
     p.add_argument("--models", choices=sorted(MODEL_PAIRS), default="qwen", help="model pair (default: qwen)")
@@ -340,7 +339,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     codes = stack.stop()
     print("stopped (" + ", ".join(f"{k} {v}" for k, v in codes.items()) + ")")
     return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Process tooling: start, watch and stop draftlink's processes (`make run`, tests, benchmarks)."""
