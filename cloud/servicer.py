@@ -20,10 +20,11 @@ from cloud.verifier import (
     open_codec,
 )
 from cloud.worker import ModelWorker
+from common.errors import ProtocolError, SessionTimeoutError, UnavailableError
 from common.models import LoadedModel
 from common.rpc import convert as cv
 from common.rpc import pb, pb_grpc
-from common.rpc.status import ProtocolError, SessionTimeoutError, UnavailableError, status_for
+from common.rpc.status import status_for
 
 log = logging.getLogger("draftlink.cloud.servicer")
 

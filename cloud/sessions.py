@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from cloud.metrics import CloudMetrics
 from cloud.verifier import VerifySession
-from common.rpc.status import CapacityError, UnavailableError
+from common.errors import CapacityError, UnavailableError
 
 log = logging.getLogger("draftlink.cloud.sessions")
 

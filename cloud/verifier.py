@@ -13,10 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from common.codec import BITSTREAM_VERSION, Codec, Draft, make_codec
-from common.errors import CodecError
+from common.errors import CodecError, InvalidRequestError, PreconditionError, ProtocolError
 from common.models import CachedLM, LoadedModel
 from common.rpc.convert import OpenRequest, Verdict
-from common.rpc.status import InvalidRequestError, PreconditionError, ProtocolError
 from common.sampling import probs_from_logits, verify
 from common.types import FinishReason, SamplingParams
 

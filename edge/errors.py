@@ -23,7 +23,17 @@ from typing import Any
 
 import grpc
 
-from common.errors import CodecError
+from common.errors import (
+    CapacityError,
+    CodecError,
+    InvalidRequestError,
+    PreconditionError,
+    RemoteError,
+    RequestError,
+    SessionTimeoutError,
+    UnavailableError,
+)
+from common.rpc.status import code_for, error_from_rpc
 from edge.rounds import ProtocolViolationError
 
 log = logging.getLogger("draftlink.edge.errors")
@@ -98,25 +108,37 @@ def cloud_unavailable(detail: str) -> APIError:
     )
 
 
-_GRPC_TO_HTTP: dict[grpc.StatusCode, tuple[int, str, str]] = {
-    grpc.StatusCode.INVALID_ARGUMENT: (400, "invalid_request_error", "invalid_value"),
-    grpc.StatusCode.FAILED_PRECONDITION: (400, "invalid_request_error", "invalid_value"),
-    grpc.StatusCode.OUT_OF_RANGE: (400, "invalid_request_error", "invalid_value"),
-    grpc.StatusCode.RESOURCE_EXHAUSTED: (503, "service_unavailable", "cloud_busy"),
-    grpc.StatusCode.UNAVAILABLE: (503, "service_unavailable", "cloud_unavailable"),
-    grpc.StatusCode.CANCELLED: (503, "service_unavailable", "cloud_unavailable"),
-    grpc.StatusCode.ABORTED: (503, "service_unavailable", "cloud_unavailable"),
-    grpc.StatusCode.DEADLINE_EXCEEDED: (504, "timeout", "request_timeout"),
-}
+# Remote (cloud) failures by domain kind → (status, type, code). The gRPC status → domain error
+# step happens once, in common/rpc/status.py.
+_REMOTE_TO_HTTP: tuple[tuple[type[RequestError], tuple[int, str, str]], ...] = (
+    (InvalidRequestError, (400, "invalid_request_error", "invalid_value")),
+    (PreconditionError, (400, "invalid_request_error", "invalid_value")),
+    (CapacityError, (503, "service_unavailable", "cloud_busy")),
+    (UnavailableError, (503, "service_unavailable", "cloud_unavailable")),
+    (SessionTimeoutError, (504, "timeout", "request_timeout")),
+)
+# A stream the cloud (or the network) cut is an unavailable cloud, not a protocol fault.
+_GONE = frozenset({"CANCELLED", "ABORTED"})
+
+
+def from_remote(err: RequestError) -> APIError:
+    """Map a cloud-side failure (already a domain error) to the HTTP error the client sees."""
+    status, typ, code = 502, "server_error", "bad_gateway"
+    for cls, mapped in _REMOTE_TO_HTTP:
+        if isinstance(err, cls):
+            status, typ, code = mapped
+            break
+    else:
+        if isinstance(err, RemoteError) and err.status in _GONE:
+            status, typ, code = 503, "service_unavailable", "cloud_unavailable"
+    name = code_for(err).name
+    headers = {"Retry-After": "2"} if status == 503 else None
+    return APIError(status, f"cloud: {name}: {err}", type=typ, code=code, headers=headers)
 
 
 def from_grpc(err: grpc.RpcError) -> APIError:
-    """Map a failed cloud RPC to the HTTP error the client sees."""
-    code: grpc.StatusCode = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
-    details = (err.details() if hasattr(err, "details") else None) or code.name
-    status, typ, scode = _GRPC_TO_HTTP.get(code, (502, "server_error", "bad_gateway"))
-    headers = {"Retry-After": "2"} if status == 503 else None
-    return APIError(status, f"cloud: {code.name}: {details}", type=typ, code=scode, headers=headers)
+    """Map a failed cloud RPC to the HTTP error the client sees (through the one status seam)."""
+    return from_remote(error_from_rpc(err))
 
 
 def from_exception(exc: BaseException) -> APIError:
@@ -125,6 +147,8 @@ def from_exception(exc: BaseException) -> APIError:
         return exc
     if isinstance(exc, grpc.RpcError):
         return from_grpc(exc)
+    if isinstance(exc, RequestError):
+        return from_remote(exc)
     if isinstance(exc, CodecError):
         return bad_request(f"codec: {exc}", param="draftlink.codec")
     if isinstance(exc, ProtocolViolationError):

@@ -11,6 +11,7 @@ from typing import Any
 
 import grpc
 
+from common.errors import InvalidRequestError
 from common.rpc import pb
 from common.rpc.convert import (
     Block,
@@ -25,7 +26,6 @@ from common.rpc.convert import (
     session_message_to_pb,
     session_reply_from_pb,
 )
-from common.rpc.status import InvalidRequestError
 from common.sampling import drafter_rng
 from common.types import FinishReason, SamplingParams
 from edge.client import CloudClient

@@ -7,8 +7,8 @@ from typing import Any
 
 import grpc
 
+from common.errors import InvalidRequestError
 from common.rpc import pb, pb_grpc
-from common.rpc.status import InvalidRequestError
 from common.types import FinishReason, SamplingParams
 
 # ── domain objects of the Verifier protocol (no protobuf inside) ───────────────────────────────

@@ -4,94 +4,77 @@ from __future__ import annotations
 
 import grpc
 
-from common.errors import CodecError, ConfigError, DraftlinkError, ModelError, TokenizerMismatchError
+from common.errors import (
+    AuthError,
+    CapacityError,
+    CodecError,
+    ConfigError,
+    InvalidRequestError,
+    ModelError,
+    PreconditionError,
+    RemoteError,
+    RequestError,
+    SessionTimeoutError,
+    TokenizerMismatchError,
+    UnavailableError,
+)
 
+__all__ = ["INTERNAL_MESSAGE", "code_for", "error_for_status", "error_from_rpc", "status_for"]
 
-class RequestError(DraftlinkError):
-    """A request the server refused; `code` is the gRPC status it travels as."""
-
-    code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
-
-
-class InvalidRequestError(RequestError, ValueError):
-    """Malformed or out-of-range content (bad ids, prompt over the limit, bad sampling params)."""
-
-    code = grpc.StatusCode.INVALID_ARGUMENT
-
-
-class PreconditionError(RequestError):
-    """The request cannot run in this state (tokenizer/codec mismatch, protocol order)."""
-
-    code = grpc.StatusCode.FAILED_PRECONDITION
-
-
-class ProtocolError(PreconditionError):
-    """Messages out of protocol order: a block before open, rounds out of order, after close."""
-
-
-class CapacityError(RequestError):
-    """The server is full (max sessions)."""
-
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
-
-
-class UnavailableError(RequestError):
-    """The server is starting up or shutting down."""
-
-    code = grpc.StatusCode.UNAVAILABLE
-
-
-class SessionTimeoutError(RequestError):
-    """A session was idle for longer than the server's idle timeout (or a deadline passed)."""
-
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
-
-
-class RemoteError(RequestError):
-    """Any other status from the server (INTERNAL, UNKNOWN, CANCELLED, ...)."""
-
-    def __init__(self, message: str, code: grpc.StatusCode = grpc.StatusCode.UNKNOWN) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-# Errors raised by other modules, most specific first (checked with isinstance, in order).
-_FOREIGN: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
+# Server side, most specific first (checked with isinstance, in order). ProtocolError is a
+# PreconditionError; TokenizerMismatchError a ModelError.
+_TO_CODE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
+    (InvalidRequestError, grpc.StatusCode.INVALID_ARGUMENT),
+    (PreconditionError, grpc.StatusCode.FAILED_PRECONDITION),
+    (CapacityError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (UnavailableError, grpc.StatusCode.UNAVAILABLE),
+    (SessionTimeoutError, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (AuthError, grpc.StatusCode.UNAUTHENTICATED),
     (TokenizerMismatchError, grpc.StatusCode.FAILED_PRECONDITION),
     (CodecError, grpc.StatusCode.INVALID_ARGUMENT),
     (ConfigError, grpc.StatusCode.INVALID_ARGUMENT),
     (ModelError, grpc.StatusCode.INTERNAL),
 )
 
-# Client side: which error class a status code comes back as.
-_BY_CODE: dict[grpc.StatusCode, type[RequestError]] = {
+# Client side: which error class a status code comes back as (everything else: RemoteError).
+_FROM_CODE: dict[grpc.StatusCode, type[RequestError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidRequestError,
     grpc.StatusCode.FAILED_PRECONDITION: PreconditionError,
     grpc.StatusCode.RESOURCE_EXHAUSTED: CapacityError,
     grpc.StatusCode.UNAVAILABLE: UnavailableError,
     grpc.StatusCode.DEADLINE_EXCEEDED: SessionTimeoutError,
+    grpc.StatusCode.UNAUTHENTICATED: AuthError,
+    grpc.StatusCode.PERMISSION_DENIED: AuthError,
 }
 
 INTERNAL_MESSAGE = "internal server error"
 
 
+def code_for(exc: BaseException) -> grpc.StatusCode:
+    """The status code an exception travels as (unknown errors → INTERNAL)."""
+    if isinstance(exc, RemoteError):
+        return getattr(grpc.StatusCode, exc.status, grpc.StatusCode.UNKNOWN)
+    for cls, code in _TO_CODE:
+        if isinstance(exc, cls):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """Server side: the status code and details for an exception (unknown errors → INTERNAL)."""
-    if isinstance(exc, RequestError):
-        return exc.code, str(exc) or type(exc).__name__
-    for cls, code in _FOREIGN:
-        if isinstance(exc, cls):
-            return code, str(exc) or cls.__name__
-    # never leak internals (tracebacks, paths) to the client; the server logs them
-    return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
+    code = code_for(exc)
+    if code == grpc.StatusCode.INTERNAL and not isinstance(exc, ModelError | RemoteError):
+        # never leak internals (tracebacks, paths) to the client; the server logs them
+        return code, INTERNAL_MESSAGE
+    return code, str(exc) or type(exc).__name__
 
 
 def error_for_status(code: grpc.StatusCode, details: str | None) -> RequestError:
     """Client side: the draftlink error a status code and its details stand for."""
     message = details or code.name
-    cls = _BY_CODE.get(code)
+    cls = _FROM_CODE.get(code)
     if cls is None:
-        return RemoteError(message, code)
+        return RemoteError(message, code.name)
     return cls(message)
 
 
@@ -99,4 +82,4 @@ def error_from_rpc(exc: grpc.RpcError) -> RequestError:
     """Client side: convert a grpc (or grpc.aio) RpcError into a draftlink error."""
     code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
     details = exc.details() if hasattr(exc, "details") else str(exc)
-    return error_for_status(code, details)
+    return error_for_status(code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN, details)

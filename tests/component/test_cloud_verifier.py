@@ -19,9 +19,9 @@ from cloud.verifier import (
     truncate_output,
 )
 from common.codec import Draft, make_codec
+from common.errors import InvalidRequestError, PreconditionError, ProtocolError
 from common.models import LoadedModel, load_model
 from common.rpc.convert import OpenRequest
-from common.rpc.status import InvalidRequestError, PreconditionError, ProtocolError
 from common.types import FinishReason, SamplingParams
 from tests.support.cloud import ReferenceDrafter, greedy_tokens
 

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from common.errors import InvalidRequestError
 from common.rpc import convert as cv
 from common.rpc import pb
-from common.rpc.status import InvalidRequestError
 from common.types import FinishReason, SamplingParams
 
 u32 = st.integers(0, 2**32 - 1)

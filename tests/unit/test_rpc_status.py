@@ -5,8 +5,9 @@ from __future__ import annotations
 import grpc
 import pytest
 
+from common import errors as st
 from common.errors import CodecError, ConfigError, ModelError, TokenizerMismatchError
-from common.rpc import status as st
+from common.rpc import status as seam
 
 SERVER_SIDE = [
     (st.InvalidRequestError("bad ids"), grpc.StatusCode.INVALID_ARGUMENT),
@@ -15,6 +16,7 @@ SERVER_SIDE = [
     (st.CapacityError("full"), grpc.StatusCode.RESOURCE_EXHAUSTED),
     (st.UnavailableError("draining"), grpc.StatusCode.UNAVAILABLE),
     (st.SessionTimeoutError("idle"), grpc.StatusCode.DEADLINE_EXCEEDED),
+    (st.AuthError("bad token"), grpc.StatusCode.UNAUTHENTICATED),
     (CodecError("truncated payload"), grpc.StatusCode.INVALID_ARGUMENT),
     (TokenizerMismatchError("fingerprints differ"), grpc.StatusCode.FAILED_PRECONDITION),
     (ConfigError("bad flag"), grpc.StatusCode.INVALID_ARGUMENT),
@@ -24,27 +26,27 @@ SERVER_SIDE = [
 
 @pytest.mark.parametrize(("exc", "code"), SERVER_SIDE, ids=lambda x: type(x).__name__)
 def test_status_for(exc: Exception, code: grpc.StatusCode) -> None:
-    got_code, details = st.status_for(exc)
+    got_code, details = seam.status_for(exc)
     assert got_code == code
     assert details == str(exc)
 
 
 def test_unknown_errors_are_internal_and_do_not_leak() -> None:
-    code, details = st.status_for(RuntimeError("/secret/path.py line 3: tensor shape mismatch"))
+    code, details = seam.status_for(RuntimeError("/secret/path.py line 3: tensor shape mismatch"))
     assert code == grpc.StatusCode.INTERNAL
     assert "secret" not in details
-    assert details == st.INTERNAL_MESSAGE
+    assert details == seam.INTERNAL_MESSAGE
 
 
 def test_empty_message_gets_the_class_name() -> None:
-    assert st.status_for(st.CapacityError()) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "CapacityError")
+    assert seam.status_for(st.CapacityError()) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "CapacityError")
 
 
 @pytest.mark.parametrize(("exc", "code"), SERVER_SIDE, ids=lambda x: type(x).__name__)
 def test_roundtrip_keeps_code_and_message(exc: Exception, code: grpc.StatusCode) -> None:
     """server status_for → client error_for_status → same code, same message."""
-    got = st.error_for_status(*st.status_for(exc))
-    assert got.code == code
+    got = seam.error_for_status(*seam.status_for(exc))
+    assert seam.code_for(got) == code
     assert str(got) == str(exc)
     assert isinstance(got, st.RequestError)
 
@@ -57,21 +59,21 @@ def test_roundtrip_keeps_code_and_message(exc: Exception, code: grpc.StatusCode)
         (grpc.StatusCode.RESOURCE_EXHAUSTED, st.CapacityError),
         (grpc.StatusCode.UNAVAILABLE, st.UnavailableError),
         (grpc.StatusCode.DEADLINE_EXCEEDED, st.SessionTimeoutError),
+        (grpc.StatusCode.UNAUTHENTICATED, st.AuthError),
         (grpc.StatusCode.INTERNAL, st.RemoteError),
         (grpc.StatusCode.CANCELLED, st.RemoteError),
     ],
 )
 def test_error_for_status(code: grpc.StatusCode, cls: type[st.RequestError]) -> None:
-    err = st.error_for_status(code, "details here")
+    err = seam.error_for_status(code, "details here")
     assert type(err) is cls
-    assert err.code == code
     assert str(err) == "details here"
     # and back again: the client error maps to the status it came from
-    assert st.status_for(err)[0] == code or code == grpc.StatusCode.INTERNAL
+    assert seam.code_for(err) == code
 
 
 def test_error_for_status_without_details_uses_code_name() -> None:
-    assert str(st.error_for_status(grpc.StatusCode.UNAVAILABLE, None)) == "UNAVAILABLE"
+    assert str(seam.error_for_status(grpc.StatusCode.UNAVAILABLE, None)) == "UNAVAILABLE"
 
 
 class _FakeRpcError(grpc.RpcError):  # type: ignore[misc]
@@ -83,6 +85,25 @@ class _FakeRpcError(grpc.RpcError):  # type: ignore[misc]
 
 
 def test_error_from_rpc() -> None:
-    err = st.error_from_rpc(_FakeRpcError())
+    err = seam.error_from_rpc(_FakeRpcError())
     assert isinstance(err, st.CapacityError)
     assert "too many" in str(err)
+
+
+def test_domain_errors_carry_no_transport_types() -> None:
+    """common.errors never imports grpc: the seam is the only place statuses appear."""
+    import ast
+    from pathlib import Path
+
+    tree = ast.parse(Path(st.__file__).read_text())
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert not any(name.startswith("grpc") for name in imported)
+    assert not hasattr(st.InvalidRequestError("x"), "code")
+
+
+def test_remote_error_keeps_its_status_name() -> None:
+    err = seam.error_for_status(grpc.StatusCode.CANCELLED, "gone")
+    assert isinstance(err, st.RemoteError)
+    assert err.status == "CANCELLED"
+    assert seam.code_for(err) == grpc.StatusCode.CANCELLED
