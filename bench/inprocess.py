@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from cloud.verifier import VerifierLimits, VerifySession
 from common.codec import Codec, Draft, make_codec
 from common.models import CachedLM, LoadedModel
-from common.sampling import drafter_rng, probs_from_logits, verify
+from common.protocol import Block
+from common.rounds import SpecState, draft_one, synced_prefix
+from common.sampling import fresh_seed, probs_from_logits
 from common.types import SamplingParams
 
 
@@ -40,26 +43,23 @@ class _Seq:
 
     def pending(self, ctx: Sequence[int]) -> list[int]:
         """Crop the cache to its longest prefix shared with ctx; return the tokens still to feed."""
-        keep = 0
-        limit = min(len(self.held), len(ctx) - 1)  # always leave >= 1 token to feed for fresh logits
-        while keep < limit and self.held[keep] == ctx[keep]:
-            keep += 1
+        keep = synced_prefix(self.held, ctx)
         self.cache.crop(keep)
         self.held = self.held[:keep]
         return list(ctx[keep:])
 
 
 def _draft_block(
-    drafter: _Seq, ctx: Sequence[int], n: int, codec: Codec, params: SamplingParams, rng: np.random.Generator
+    drafter: _Seq, ctx: Sequence[int], n: int, codec: Codec, params: SamplingParams
 ) -> list[Draft]:
     """Draft n tokens after ctx with the drafter (the last draft is not fed back)."""
-    logits = drafter.feed(drafter.pending(ctx))[-1:]  # [1, V]
+    assert params.seed is not None
+    logits = drafter.feed(drafter.pending(ctx))[-1]  # [V]
     drafts: list[Draft] = []
     for i in range(n):
-        q = probs_from_logits(logits, params.temperature, params.top_p)[0]  # [V] float64
-        drafts.append(codec.compress(q, rng))
+        drafts.append(draft_one(logits, codec, params, params.seed, len(ctx) + i))
         if i + 1 < n:
-            logits = drafter.feed([drafts[-1].token])
+            logits = drafter.feed([drafts[-1].token])[-1]
     return drafts
 
 
@@ -71,35 +71,35 @@ def speculative_generate(
     params: SamplingParams,
     draft_len: int,
 ) -> SpecRun:
-    """The edge+cloud round loop in one process (the protocol-overhead-free reference)."""
-    rng_d, rng_t = drafter_rng(params.seed), np.random.default_rng(params.seed)  # as edge and cloud do
+    """The edge+cloud round loop in one process (the protocol-overhead-free reference).
+
+    The same round core as the services: SpecState (edge side) and VerifySession (cloud side),
+    joined by a function call instead of gRPC.
+    """
+    if params.seed is None:
+        params = replace(params, seed=fresh_seed())
     codec = make_codec(codec_spec, target.vocab_size)
-    d, t = _Seq(drafter), _Seq(target)
-    ctx = list(prompt_ids)
-    run = SpecRun(tokens=[], per_pos_accepted=[0] * draft_len)
-    stops = set(params.stop_token_ids)
+    limits = VerifierLimits(max(draft_len, 1), len(prompt_ids), params.max_new_tokens)
+    verifier = VerifySession(target, params, prompt_ids, limits, make_codec(codec_spec, target.vocab_size))
+    state, d = SpecState(prompt_ids, params), _Seq(drafter)
     start = time.perf_counter()
-    while len(run.tokens) < params.max_new_tokens:
-        n = min(draft_len, params.max_new_tokens - len(run.tokens) - 1)
-        drafts = _draft_block(d, ctx, n, codec, params, rng_d) if n > 0 else []
-        logits = t.feed(t.pending(ctx) + [x.token for x in drafts])[-(n + 1) :]  # [n+1, V]
-        p = probs_from_logits(logits, params.temperature, params.top_p)  # [n+1, V]
-        accepted, nxt = verify(drafts, p, rng_t)
-        run.rounds += 1
-        run.drafted += n
-        run.accepted += accepted
-        for pos in range(accepted):
-            run.per_pos_accepted[pos] += 1
-        new = [x.token for x in drafts[:accepted]] + [nxt]
-        ctx += new
-        run.tokens += new
-        hit = next((i for i, tok in enumerate(run.tokens) if tok in stops), None)
-        if hit is not None:
-            run.tokens = run.tokens[: hit + 1]
-            break
-    run.tokens = run.tokens[: params.max_new_tokens]
-    run.seconds = time.perf_counter() - start
-    return run
+    while not state.finished:
+        n = state.plan(draft_len, chained=False)
+        drafts = _draft_block(d, state.context(), n, codec, params) if n > 0 else []
+        block = state.seal(drafts, codec.encode(drafts), codec.spec, more=False)
+        outcome = verifier.verify_block(Block(block.round, block.payload))
+        assert outcome is not None
+        state.apply(outcome.verdict)
+    st = state.stats
+    per_pos = st.accepted_per_pos + [0] * max(0, draft_len - len(st.accepted_per_pos))
+    return SpecRun(
+        tokens=state.output,
+        rounds=st.rounds,
+        drafted=st.num_draft_tokens,
+        accepted=st.num_accepted,
+        seconds=time.perf_counter() - start,
+        per_pos_accepted=per_pos,
+    )
 
 
 @dataclass

@@ -25,6 +25,7 @@ from common.codec import BITSTREAM_VERSION, KIND_IDS
 from common.config import describe
 from common.metrics import MetricsServer, start_metrics_server
 from common.models import LoadedModel, load_model
+from common.protocol import FEATURES
 from common.rpc import convert as cv
 from common.rpc import pb, pb_grpc
 
@@ -137,6 +138,7 @@ class CloudServer:
             limits=limits,
             server_version=common.__version__,
             bitstream_version=BITSTREAM_VERSION,
+            features=FEATURES,
         )
 
     async def stop(self, grace: float | None = None) -> None:

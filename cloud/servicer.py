@@ -16,6 +16,7 @@ from cloud.verifier import (
     VerifierLimits,
     VerifySession,
     check_prompt,
+    check_resume,
     check_sampling,
     open_codec,
 )
@@ -102,8 +103,9 @@ class VerifierServicer(pb_grpc.VerifierServicer):
         limits = self.state.limits
         check_prompt(req.prompt_token_ids, lm.vocab_size, limits)
         check_sampling(req.sampling, limits)
+        check_resume(req, lm.vocab_size)
         codec = open_codec(req, lm.fingerprint, lm.vocab_size)
-        return VerifySession(lm, req.sampling, req.prompt_token_ids, limits, codec)
+        return VerifySession(lm, req.sampling, req.prompt_token_ids, limits, codec, req.resume_token_ids)
 
     async def _rounds(
         self, context: grpc.aio.ServicerContext, entry: SessionEntry, core: VerifySession
@@ -121,7 +123,10 @@ class VerifierServicer(pb_grpc.VerifierServicer):
             if isinstance(msg, cv.OpenRequest):
                 raise ProtocolError("the session is already open")
             self.state.metrics.spec.uplink_bytes.inc(len(msg.payload))  # counted even if it fails
-            result = await self.state.worker.run(core.verify_block, msg.round, msg.payload)
+            result = await self.state.worker.run(core.verify_block, msg)
+            if result is None:  # a void block (drafted past a rejection): dropped, no verdict
+                self.state.metrics.spec.void_blocks.inc()
+                continue
             downlink = await self._write(context, result.verdict)
             self._observe(result, downlink)
             entry.touch(self.state.manager.clock())

@@ -15,8 +15,9 @@ import numpy as np
 from common.codec import BITSTREAM_VERSION, Codec, Draft, make_codec
 from common.errors import CodecError, InvalidRequestError, PreconditionError, ProtocolError
 from common.models import CachedLM, LoadedModel
-from common.rpc.convert import OpenRequest, Verdict
-from common.sampling import probs_from_logits, verify
+from common.protocol import Block, OpenRequest, Verdict
+from common.rounds import truncate_output
+from common.sampling import fresh_seed, probs_from_logits, verifier_rng, verify
 from common.types import FinishReason, SamplingParams
 
 PREFILL_CHUNK = 512  # tokens per prefill forward: bounds the [n, V] float32 logits of one forward
@@ -55,6 +56,30 @@ def check_sampling(params: SamplingParams, limits: VerifierLimits) -> None:
         )
 
 
+def check_resume(req: OpenRequest, vocab_size: int) -> None:
+    """Tokens of an interrupted session: ids < V, fewer than max_new_tokens, no stop token inside."""
+    resume = req.resume_token_ids
+    if not resume:
+        return
+    if len(resume) >= req.sampling.max_new_tokens:
+        raise InvalidRequestError(
+            f"resume_token_ids has {len(resume)} tokens; max_new_tokens is {req.sampling.max_new_tokens}"
+        )
+    if max(resume) >= vocab_size:
+        raise InvalidRequestError(f"resume token id {max(resume)} is out of range (vocab size {vocab_size})")
+    stops = set(req.sampling.stop_token_ids).intersection(resume)
+    if stops:
+        raise InvalidRequestError(f"resume_token_ids contains stop token {min(stops)}: that generation ended")
+
+
+def make_session_codec(spec: str, vocab_size: int) -> Codec:
+    """A session's codec from its spec (PreconditionError for an unknown or invalid spec)."""
+    try:
+        return make_codec(spec, vocab_size)
+    except CodecError as exc:
+        raise PreconditionError(f"unsupported codec {spec!r}: {exc}") from None
+
+
 def open_codec(req: OpenRequest, fingerprint: str, vocab_size: int) -> Codec:
     """Check the tokenizer fingerprint and build the session's codec (PreconditionError)."""
     if req.tokenizer_fingerprint != fingerprint:
@@ -62,10 +87,7 @@ def open_codec(req: OpenRequest, fingerprint: str, vocab_size: int) -> Codec:
             f"tokenizer fingerprint mismatch: client {req.tokenizer_fingerprint[:16] or '<none>'}…, "
             f"server {fingerprint[:16]}…; the drafter must use the target's tokenizer"
         )
-    try:
-        return make_codec(req.codec, vocab_size)
-    except CodecError as exc:
-        raise PreconditionError(f"unsupported codec {req.codec!r}: {exc}") from None
+    return make_session_codec(req.codec, vocab_size)
 
 
 def check_drafts(drafts: Sequence[Draft], vocab_size: int) -> None:
@@ -116,20 +138,6 @@ def decode_block(codec: Codec, payload: bytes, vocab_size: int, max_draft_len: i
     return drafts
 
 
-def truncate_output(
-    output: Sequence[int], generated: int, params: SamplingParams
-) -> tuple[int, FinishReason | None]:
-    """How many of this round's output tokens to keep, and why the generation ends (if it does)."""
-    budget = params.max_new_tokens - generated  # >= 1 while the session is live
-    stops = params.stop_token_ids
-    for i, tok in enumerate(output):
-        if tok in stops:
-            return i + 1, FinishReason.STOP  # the stop token is part of the output
-        if i + 1 >= budget:
-            return i + 1, FinishReason.LENGTH
-    return len(output), None
-
-
 # ── the target's committed sequence and KV cache ───────────────────────────────────────────────
 
 
@@ -159,11 +167,16 @@ class TargetCache:
         return np.ascontiguousarray(rows.numpy(), dtype=np.float32)
 
     def commit(self, accepted: Sequence[int], next_token: int | None) -> None:
-        """Keep `accepted` (a prefix of the last forward's extra) in the cache, append the output."""
-        self.cache.crop(len(self.tokens) + len(accepted))  # KV rollback: drop rejected drafts
+        """Keep `accepted` (a prefix of the last forward's extra) in the cache, append the output.
+
+        The last committed token always stays uncached: its row predicts the next position, so
+        the next forward (next round, or the continuation block of a chain) starts from it.
+        """
+        keep = len(self.tokens) + len(accepted)  # KV rollback: drop rejected drafts
         self.tokens.extend(accepted)
         if next_token is not None:
-            self.tokens.append(next_token)  # uncached until the next forward
+            self.tokens.append(next_token)
+        self.cache.crop(min(keep, len(self.tokens) - 1))
 
 
 # ── one session ────────────────────────────────────────────────────────────────────────────────
@@ -179,7 +192,15 @@ class RoundOutcome:
 
 
 class VerifySession:
-    """One generation on the target: verify blocks (speculative) or step (autoregressive)."""
+    """One generation on the target: verify blocks (speculative) or step (autoregressive).
+
+    Randomness is keyed by (seed, absolute position): the acceptance test and the residual or
+    bonus draw at position m come from verifier_rng(seed, m), whatever the block boundaries, so a
+    resumed or differently streamed session of a seeded request draws the same uniforms.
+    Chains (streamed drafts): a block with `more` that is fully accepted gets no bonus token; the
+    next block continues it. A verdict with next_token ends the block's chain; blocks of an ended
+    chain that arrive later were drafted past the rejection and are dropped (void).
+    """
 
     def __init__(
         self,
@@ -188,16 +209,20 @@ class VerifySession:
         prompt: Sequence[int],
         limits: VerifierLimits,
         codec: Codec | None = None,
+        resume: Sequence[int] = (),
     ) -> None:
         self.lm = lm
         self.params = params
         self.limits = limits
         self.codec = codec
-        self.target = TargetCache(lm, prompt)
+        self.seed = params.seed if params.seed is not None else fresh_seed()
+        self.target = TargetCache(lm, [*prompt, *resume])
         self.prompt_tokens = len(prompt)
-        self.rng = np.random.default_rng(params.seed)  # seeded per session: reproducible
-        self.round = 0
+        self.round = 0  # next expected DraftBlock round (Generate: steps taken)
         self.finish_reason: FinishReason | None = None
+        self.open_chain: int | None = None  # chain awaiting its continuation block
+        self.ended_chain: int | None = None  # highest chain a verdict ended (void detection)
+        self.void_blocks = 0  # void blocks dropped since the last verdict
 
     @property
     def generated(self) -> int:
@@ -211,45 +236,68 @@ class VerifySession:
     def output_tokens(self) -> list[int]:
         return self.target.tokens[self.prompt_tokens :]
 
-    def verify_block(self, round_no: int, payload: bytes) -> RoundOutcome:
-        """Decode one DraftBlock, run one target forward over it, verify, roll the cache back."""
+    def verify_block(self, block: Block) -> RoundOutcome | None:
+        """Decode one DraftBlock, run one target forward over it, verify, roll the cache back.
+
+        None when the block is void (its chain already ended): dropped without a verdict.
+        """
+        start = time.perf_counter()
         if self.codec is None:
             raise ProtocolError("this session takes no draft blocks")
         if self.finished:
             raise ProtocolError("the generation is already finished")
-        if round_no != self.round:
-            raise ProtocolError(f"round {round_no} out of order: expected round {self.round}")
-        start = time.perf_counter()
-        drafts = decode_block(self.codec, payload, self.lm.vocab_size, self.limits.max_draft_len)
-        return self._round(drafts, start)
+        if block.round != self.round:
+            raise ProtocolError(f"round {block.round} out of order: expected round {self.round}")
+        self.round += 1
+        chain = block.chain
+        if chain is not None and self.ended_chain is not None and chain <= self.ended_chain:
+            self.void_blocks += 1
+            return None
+        if self.open_chain is not None and chain is not None and chain != self.open_chain:
+            raise ProtocolError(f"block of chain {chain}; chain {self.open_chain} awaits its continuation")
+        if block.codec is not None:
+            self.codec = make_session_codec(block.codec, self.lm.vocab_size)
+        drafts = decode_block(self.codec, block.payload, self.lm.vocab_size, self.limits.max_draft_len)
+        return self._round(block.round, drafts, start, more=block.more and bool(drafts), chain=chain)
 
     def step(self) -> RoundOutcome:
         """One autoregressive token (a round with no drafts: the bonus draw from p)."""
         if self.finished:
             raise ProtocolError("the generation is already finished")
-        return self._round([], time.perf_counter())
+        self.round += 1
+        return self._round(self.round - 1, [], time.perf_counter(), more=False, chain=None)
 
-    def _round(self, drafts: list[Draft], start: float) -> RoundOutcome:
+    def _round(
+        self, round_no: int, drafts: list[Draft], start: float, more: bool, chain: int | None
+    ) -> RoundOutcome:
         tokens = [d.token for d in drafts]
+        base = len(self.target.tokens)  # absolute position of the first draft
         logits = self.target.forward(tokens)  # [L+1, V] float32
         p = probs_from_logits(logits, self.params.temperature, self.params.top_p)  # [L+1, V] float64
-        raw_accepted, next_token = verify(drafts, p, self.rng)
-        output = [*tokens[:raw_accepted], next_token]
+        seed = self.seed
+        raw_accepted, next_token = verify(drafts, p, lambda n: verifier_rng(seed, base + n), bonus=not more)
+        output = tokens[:raw_accepted] if next_token is None else [*tokens[:raw_accepted], next_token]
         kept, reason = truncate_output(output, self.generated, self.params)
         accepted = min(raw_accepted, kept)
         nxt = next_token if kept > raw_accepted else None
         self.target.commit(tokens[:accepted], nxt)
         self.finish_reason = reason
+        ended = nxt is not None or reason is not None
+        self.open_chain = None if ended else chain
+        if ended and chain is not None:
+            self.ended_chain = chain
         verdict = Verdict(
-            round=self.round,
+            round=round_no,
             accepted=accepted,
             next_token=nxt,
             finished=reason is not None,
             finish_reason=reason,
             verify_seconds=time.perf_counter() - start,
             resampled=nxt is not None and raw_accepted < len(drafts),
+            chain=chain or 0,
+            void_blocks=self.void_blocks,
         )
-        self.round += 1
+        self.void_blocks = 0
         return RoundOutcome(verdict=verdict, drafted=len(drafts), raw_accepted=raw_accepted)
 
 

@@ -80,6 +80,11 @@ class SpecDecodeMetrics:
         self.num_resampled = Counter(
             f"{p}num_resampled", "Rounds that ended in a residual (resampled) token", registry=registry
         )
+        self.void_blocks = Counter(
+            f"{p}void_blocks",
+            "Streamed draft blocks dropped because they were drafted past a rejection",
+            registry=registry,
+        )
         self.uplink_bytes = Counter(
             f"{PREFIX}uplink_bytes",
             "Uplink bytes edge → cloud (edge: serialized request messages; cloud: codec payloads received)",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import secrets
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, overload
 
 import numpy as np
 
@@ -11,12 +13,17 @@ from common.codec.lattice import sample_counts, sample_probs
 
 __all__ = [
     "DRAFTER_SEED_TAG",
+    "VERIFIER_SEED_TAG",
+    "RngSource",
     "accepts",
     "drafter_rng",
+    "fresh_seed",
+    "position_rng",
     "probs_from_logits",
     "residual",
     "sample_counts",
     "sample_probs",
+    "verifier_rng",
     "verify",
 ]
 
@@ -73,34 +80,82 @@ def residual(draft: Draft, p: np.ndarray) -> np.ndarray:
     return w if w.sum() > 0.0 else p
 
 
-def verify(drafts: Sequence[Draft], target_probs: np.ndarray, rng: np.random.Generator) -> tuple[int, int]:
+RngSource = np.random.Generator | Callable[[int], np.random.Generator]
+
+
+def _per_offset(rng: RngSource) -> Callable[[int], np.random.Generator]:
+    """Block offset → generator: one shared stream, or the caller's position-keyed streams."""
+    if isinstance(rng, np.random.Generator) or not callable(rng):  # a Generator (or a stand-in)
+        shared: Any = rng
+        return lambda _n: shared
+    return rng
+
+
+@overload
+def verify(
+    drafts: Sequence[Draft], target_probs: np.ndarray, rng: RngSource, bonus: Literal[True] = True
+) -> tuple[int, int]: ...
+
+
+@overload
+def verify(
+    drafts: Sequence[Draft], target_probs: np.ndarray, rng: RngSource, bonus: bool
+) -> tuple[int, int | None]: ...
+
+
+def verify(
+    drafts: Sequence[Draft], target_probs: np.ndarray, rng: RngSource, bonus: bool = True
+) -> tuple[int, int | None]:
     """Exact verification of one block: (accepted, next_token), P(output) = p for any q̂.
 
     Invariant: each draft's q̂ is the very distribution its token was drawn from (integer counts
     on the wire), so min(p, q̂)(x) + (p − q̂)⁺(x) = p(x) at every position (method.md §2).
+    `rng` is one generator for the whole block, or a function giving the generator of block
+    offset n (position-keyed randomness: the acceptance test and the residual or bonus draw at
+    offset n all come from rng(n)). With bonus=False (a continuation follows the block) a fully
+    accepted block returns next_token None instead of drawing from p_{L+1}.
     """
     p_all = np.asarray(target_probs, dtype=np.float64)  # [L+1, V]
     if p_all.ndim != 2 or p_all.shape[0] != len(drafts) + 1:
         raise ValueError(f"target_probs must be [L+1={len(drafts) + 1}, V], got {p_all.shape}")
+    at = _per_offset(rng)
     for n, draft in enumerate(drafts):
         p = p_all[n]  # [V] target at draft position n
-        if accepts(draft, p, rng.random()):
+        g = at(n)
+        if accepts(draft, p, g.random()):
             continue
-        return n, sample_probs(residual(draft, p), rng)  # first rejection: resample and stop
-    return len(drafts), sample_probs(p_all[-1], rng)  # all accepted: bonus token from p_{L+1}
+        return n, sample_probs(residual(draft, p), g)  # first rejection: resample and stop
+    if not bonus:
+        return len(drafts), None
+    return len(drafts), sample_probs(p_all[-1], at(len(drafts)))  # all accepted: bonus from p_{L+1}
 
 
-# Mixed into the request seed so the drafter's draws (draft tokens) never share a random stream
-# with the verifier's (acceptance tests, residual draws): equal uniforms on both sides would
-# correlate the draft with its acceptance test and bias the output away from p.
+# Tags mixed into the request seed so the drafter's draws (draft tokens) never share a random
+# stream with the verifier's (acceptance tests, residual and bonus draws): equal uniforms on both
+# sides would correlate the draft with its acceptance test and bias the output away from p.
 DRAFTER_SEED_TAG = 0x65646765  # "edge"
+VERIFIER_SEED_TAG = 0x76657269  # "veri"
 
 
-def drafter_rng(seed: int | None) -> np.random.Generator:
-    """The drafter's generator for a request seed (fresh entropy when None).
+def position_rng(seed: int, position: int, tag: int) -> np.random.Generator:
+    """The generator of one absolute token position: a function of (seed, tag, position) only.
 
-    The verifier uses default_rng(seed): a different stream for the same seed.
+    Why keyed by position: a resumed session (or one whose blocks were cut differently) draws the
+    same uniforms at the same position, so a seeded request reproduces its text exactly.
     """
-    if seed is None:
-        return np.random.default_rng()
-    return np.random.default_rng(np.random.SeedSequence([seed, DRAFTER_SEED_TAG]))
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, tag, position])))
+
+
+def drafter_rng(seed: int, position: int) -> np.random.Generator:
+    """The drafter's generator for the draft at absolute `position` of a request with `seed`."""
+    return position_rng(seed, position, DRAFTER_SEED_TAG)
+
+
+def verifier_rng(seed: int, position: int) -> np.random.Generator:
+    """The verifier's generator for absolute `position` (acceptance test, residual or bonus draw)."""
+    return position_rng(seed, position, VERIFIER_SEED_TAG)
+
+
+def fresh_seed() -> int:
+    """A random request seed (unseeded requests): 63 bits of OS entropy."""
+    return secrets.randbits(63)

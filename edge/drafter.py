@@ -8,14 +8,12 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-import numpy as np
 import torch
 
-from common.codec import Codec, Draft, make_codec
+from common.codec import Codec, Draft
 from common.models import CachedLM, LoadedModel
-from common.sampling import probs_from_logits
+from common.rounds import draft_one, synced_prefix
 from common.types import SamplingParams
-from edge.rounds import valid_cache_len
 
 T = TypeVar("T")
 
@@ -31,66 +29,61 @@ class Drafter:
         """Run fn(*args) on the drafter thread (HTTP and gRPC stay on the event loop)."""
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
-    def new_state(
-        self,
-        prompt_ids: Sequence[int],
-        codec_spec: str,
-        rng: np.random.Generator,
-        params: SamplingParams,
-    ) -> DraftState:
-        """Per-request state (own KV cache, own codec object: C-SQS is stateful)."""
-        codec = make_codec(codec_spec, self.lm.vocab_size)
-        return DraftState(self.lm, prompt_ids, codec, rng, params)
+    def new_state(self, codec: Codec, params: SamplingParams) -> DraftState:
+        """Per-request state (own KV cache; the codec object is the request's: C-SQS is stateful)."""
+        return DraftState(self.lm, codec, params)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 class DraftState:
-    """One generation's drafter context: the token sequence, its KV cache and codec.
+    """One generation's drafter context: the tokens its KV cache holds, the codec, the request seed.
 
-    Thread discipline: `draft` runs on the drafter thread, `apply` on the event loop, strictly
-    alternating (the round loop awaits each), so no lock is needed.
+    `draft` runs on the drafter thread; one draft at a time per generation (the round loop
+    awaits each), so no lock is needed.
     """
 
-    def __init__(
-        self,
-        lm: LoadedModel,
-        prompt_ids: Sequence[int],
-        codec: Codec,
-        rng: np.random.Generator,
-        params: SamplingParams,
-    ) -> None:
+    def __init__(self, lm: LoadedModel, codec: Codec, params: SamplingParams) -> None:
+        if params.seed is None:
+            raise ValueError("the edge seeds every request before drafting")
         self.lm = lm
         self.codec = codec
-        self.rng = rng
-        self.temperature = params.temperature
-        self.top_p = params.top_p
+        self.params = params
+        self.seed: int = params.seed
         self.stop_ids = frozenset(params.stop_token_ids)  # drafting past a stop token is wasted work
-        self.tokens: list[int] = list(prompt_ids)  # prompt + generated
         self.cache = CachedLM(lm)
-        self._valid = 0  # cache length still valid (cropped lazily on the drafter thread)
+        self.held: list[int] = []  # the tokens the KV cache holds
 
-    def draft(self, max_drafts: int) -> tuple[list[Draft], bytes, float]:
-        """Draft up to max_drafts tokens, stopping after a stop-token draft → (drafts, payload, seconds)."""
+    def draft(
+        self, context: Sequence[int], n: int, abort: Callable[[], bool] | None = None
+    ) -> tuple[list[Draft], bytes, float]:
+        """Up to n drafts continuing `context` → (drafts, payload, seconds).
+
+        Stops early after a stop-token draft, or when `abort()` turns true (the chain these drafts
+        continue has ended: the caller discards them). The draft at absolute position m is drawn
+        from the position-keyed drafter stream (common.rounds.draft_one).
+        """
         start = time.perf_counter()
         drafts: list[Draft] = []
-        if max_drafts > 0:
+        if n > 0:
             with torch.inference_mode():
-                self.cache.crop(min(self._valid, self.cache.num_tokens))
-                logits = self.cache.extend(self.tokens[self.cache.num_tokens :])  # [n, V] float32
+                keep = synced_prefix(self.held, context)
+                self.cache.crop(keep)
+                self.held = list(context)
+                logits = self.cache.extend(context[keep:])[-1]  # [V] float32 for the next position
                 while True:
-                    # [1, V] float64 q for the next position, same temperature/top_p as the target
-                    q = probs_from_logits(logits[-1:].numpy(), self.temperature, self.top_p)[0]
-                    d = self.codec.compress(q, self.rng)  # q̂, and x̃ drawn from q̂ (never from q)
+                    d = draft_one(
+                        logits.numpy(), self.codec, self.params, self.seed, len(context) + len(drafts)
+                    )
                     drafts.append(d)
-                    if len(drafts) == max_drafts or d.token in self.stop_ids:
+                    if len(drafts) == n or d.token in self.stop_ids or (abort is not None and abort()):
                         break
-                    logits = self.cache.extend([d.token])  # [1, V]
+                    logits = self.cache.extend([d.token])[-1]  # [V]
+                    self.held.append(d.token)
         payload = self.codec.encode(drafts)
         return drafts, payload, time.perf_counter() - start
 
-    def apply(self, new_tokens: Sequence[int], accepted: int) -> None:
-        """Append a round's output; the cache keeps only the prefix shared with the new context."""
-        self._valid = valid_cache_len(self.cache.num_tokens, len(self.tokens), accepted)
-        self.tokens.extend(new_tokens)
+    def ends_chain(self, drafts: Sequence[Draft]) -> bool:
+        """A block ending in a stop-token draft cannot be continued (if accepted, the text ends)."""
+        return bool(drafts) and drafts[-1].token in self.stop_ids

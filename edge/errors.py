@@ -33,8 +33,8 @@ from common.errors import (
     SessionTimeoutError,
     UnavailableError,
 )
+from common.rounds import ProtocolViolationError
 from common.rpc.status import code_for, error_from_rpc
-from edge.rounds import ProtocolViolationError
 
 log = logging.getLogger("draftlink.edge.errors")
 

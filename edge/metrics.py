@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from common.metrics import PREFIX, SpecDecodeMetrics, build_info, latency_histogram, new_registry
+from common.metrics import (
+    PREFIX,
+    TOKENS_BUCKETS,
+    SpecDecodeMetrics,
+    build_info,
+    latency_histogram,
+    new_registry,
+)
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -34,12 +41,34 @@ class EdgeMetrics:
         )
         self.running = Gauge(f"{PREFIX}running_requests", "Generations in progress", registry=r)
         self.cloud_up = Gauge(f"{PREFIX}cloud_up", "1 when the last cloud health check passed", registry=r)
+        self.void_draft_tokens = Counter(
+            f"{PREFIX}void_draft_tokens", "Drafts sent past a rejection and dropped (streamed)", registry=r
+        )
+        self.blocks_streamed = Counter(
+            f"{PREFIX}blocks_streamed", "Draft blocks sent with a continuation following", registry=r
+        )
+        self.draft_len = Histogram(
+            f"{PREFIX}draft_len", "Drafts per block sent", buckets=TOKENS_BUCKETS, registry=r
+        )
+        self.resumes = Counter(
+            f"{PREFIX}resumes", "Sessions reopened after a cloud or link failure", registry=r
+        )
         build_info(r, "edge", model=model)
 
     def observe_round(self, drafted: int, accepted: int, resampled: bool, verify_s: float) -> None:
-        """Counters of one verified round (the numbers SpecStats.record_round accumulates)."""
+        """Counters of one verified round (the numbers SpecStats.record_verdict accumulates)."""
         self.spec.observe_round(drafted, accepted, resampled, 0, 0)
         self.spec.verify_seconds.observe(verify_s)
+
+    def observe_sent(self, drafted: int, streamed: bool) -> None:
+        self.draft_len.observe(drafted)
+        if streamed:
+            self.blocks_streamed.inc()
+
+    def observe_void(self, blocks: int, drafts: int) -> None:
+        if blocks:
+            self.spec.void_blocks.inc(blocks)
+            self.void_draft_tokens.inc(drafts)
 
     def observe_bytes(self, up: int, down: int) -> None:
         if up:

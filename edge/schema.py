@@ -27,6 +27,7 @@ class DraftlinkOptions(BaseModel):
     mode: Mode = "speculative"
     codec: str | None = None
     draft_len: int | None = Field(default=None, ge=1, le=MAX_DRAFT_LEN)
+    pipeline: bool | None = None  # streamed rounds (default: the edge's --pipeline)
 
 
 class StreamOptions(_Strict):

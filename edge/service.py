@@ -10,7 +10,8 @@ from typing import Any
 
 from common.codec import parse_codec_spec
 from common.errors import CodecError
-from common.rpc.convert import ServerInfo
+from common.protocol import ServerInfo
+from common.sampling import fresh_seed
 from common.types import SamplingParams
 from edge.client import CloudClient
 from edge.config import MAX_DRAFT_LEN, EdgeConfig
@@ -90,7 +91,9 @@ class EdgeService:
         sampling = SamplingParams(
             temperature=self.cfg.temperature if body.temperature is None else body.temperature,
             top_p=self.cfg.top_p if body.top_p is None else body.top_p,
-            seed=body.seed,
+            # every request is seeded: both sides key their randomness by (seed, position), which
+            # makes a resumed generation continue exactly (an unseeded request gets a fresh seed)
+            seed=fresh_seed() if body.seed is None else body.seed,
             max_new_tokens=max_new,
             stop_token_ids=() if body.ignore_eos else tuple(self.drafter.lm.eos_token_ids),
         )
@@ -98,8 +101,18 @@ class EdgeService:
             sampling.validate()
         except ValueError as exc:
             raise bad_request(str(exc)) from None
+        opts = body.draftlink
+        pipeline = opts.pipeline if opts is not None and opts.pipeline is not None else self.cfg.pipeline
         return GenRequest(
-            new_id("req"), tuple(prompt), sampling, mode, codec, draft_len, self.cfg.request_timeout
+            new_id("req"),
+            tuple(prompt),
+            sampling,
+            mode,
+            codec,
+            draft_len,
+            self.cfg.request_timeout,
+            pipeline=pipeline,
+            pipeline_depth=self.cfg.pipeline_depth,
         )
 
     def _max_tokens(self, requested: int | None, chat: bool) -> int:

@@ -1,8 +1,9 @@
-"""One generation against the cloud: the speculative round loop (Session) or cloud-only (Generate)."""
+"""One generation against the cloud: speculative rounds on the round core, or cloud-only (Generate)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -11,35 +12,22 @@ from typing import Any
 
 import grpc
 
+from common.codec import make_codec
 from common.errors import InvalidRequestError
+from common.protocol import Block, Close, GenerateRequest, Opened, OpenRequest, SessionMessage, Verdict
+from common.rounds import InFlight, ProtocolViolationError, SpecState, SpecStats
 from common.rpc import pb
 from common.rpc.convert import (
-    Block,
-    Close,
-    GenerateRequest,
-    Opened,
-    OpenRequest,
-    SessionMessage,
-    Verdict,
     generate_chunk_from_pb,
     generate_request_to_pb,
     session_message_to_pb,
     session_reply_from_pb,
 )
-from common.sampling import drafter_rng
 from common.types import FinishReason, SamplingParams
 from edge.client import CloudClient
 from edge.drafter import Drafter, DraftState
 from edge.errors import cloud_unavailable
 from edge.metrics import EdgeMetrics
-from edge.rounds import (
-    ProtocolViolationError,
-    SpecStats,
-    VerdictView,
-    check_verdict,
-    plan_draft_len,
-    round_tokens,
-)
 
 log = logging.getLogger("draftlink.edge.session")
 _PENDING: set[asyncio.Future[Any]] = set()  # ended calls awaiting their final status
@@ -65,7 +53,7 @@ def _await_status(call: Any, timeout_s: float) -> None:
 
 @dataclass(frozen=True)
 class GenRequest:
-    """What the HTTP layer resolved for one generation."""
+    """What the HTTP layer resolved for one generation (sampling.seed is always set)."""
 
     request_id: str
     prompt_ids: tuple[int, ...]
@@ -74,6 +62,8 @@ class GenRequest:
     codec: str
     draft_len: int
     timeout: float
+    pipeline: bool = False  # streamed rounds: keep drafting while blocks are in flight
+    pipeline_depth: int = 4  # blocks of one chain in flight at most (streamed rounds)
 
 
 @dataclass(frozen=True)
@@ -86,18 +76,6 @@ class RoundOutput:
 
 def _reason(r: FinishReason | None) -> str | None:
     return None if r is None else r.value
-
-
-def verdict_view(v: Verdict) -> VerdictView:
-    return VerdictView(
-        round=v.round,
-        accepted=v.accepted,
-        next_token=v.next_token,
-        finished=v.finished,
-        finish_reason=_reason(v.finish_reason) or ("stop" if v.finished else None),
-        resampled=v.resampled,
-        verify_seconds=v.verify_seconds,
-    )
 
 
 class Generation:
@@ -141,33 +119,30 @@ class Generation:
         if call is not None and not call.done():
             call.cancel()
 
-    async def _send(self, call: Any, msg: SessionMessage) -> None:
-        wire = session_message_to_pb(msg)
-        self._up(wire.ByteSize())
-        await call.write(wire)
-
 
 class SpeculativeGeneration(Generation):
-    """Draft with the SLM, send compressed blocks, apply verdicts (method.md §1)."""
+    """Draft with the SLM, send compressed blocks, apply verdicts (method.md §1), serial or streamed.
+
+    Serial: one block in flight, no `more`: the cloud adds a bonus token. Streamed
+    (req.pipeline): a sender task keeps drafting while blocks are in flight, each block declaring
+    `more` before the next position is drafted; after a verdict that ends the chain, drafts past
+    it are dropped (SpecState voids them; the cloud drops the blocks it receives).
+    """
 
     def __init__(self, req: GenRequest, client: CloudClient, metrics: EdgeMetrics, drafter: Drafter) -> None:
         super().__init__(req, client, metrics)
         self.drafter = drafter
         self.fingerprint = drafter.lm.fingerprint
-        self.state: DraftState | None = None
+        self.state = SpecState(req.prompt_ids, req.sampling)
+        self.stats = self.state.stats
+        self.codec = make_codec(req.codec, drafter.lm.vocab_size)
+        self.draft: DraftState = drafter.new_state(self.codec, req.sampling)
+        self._wake = asyncio.Event()  # a verdict arrived: the sender may draft again
 
     async def start(self) -> None:
-        s = self.req.sampling
-        self.state = await self.drafter.run(
-            self.drafter.new_state,
-            self.req.prompt_ids,
-            self.req.codec,
-            drafter_rng(s.seed),
-            s,
-        )
         self._call = self.client.stub.Session(timeout=self.req.timeout)
-        opening = OpenRequest(self.req.prompt_ids, s, self.req.codec, self.fingerprint, self.req.request_id)
-        await self._send(self._call, opening)
+        r, s = self.req, self.req.sampling
+        await self._send(OpenRequest(r.prompt_ids, s, r.codec, self.fingerprint, r.request_id))
         reply = await self._read()
         if not isinstance(reply, Opened):
             raise ProtocolViolationError(f"expected SessionOpened, got {type(reply).__name__}")
@@ -179,15 +154,34 @@ class SpeculativeGeneration(Generation):
         if call is None or call.done():
             return
         try:
-            await asyncio.wait_for(self._send(call, Close()), timeout=1.0)
+            await asyncio.wait_for(self._write(call, Close()), timeout=1.0)
             await asyncio.wait_for(call.done_writing(), timeout=1.0)
-        except (grpc.RpcError, TimeoutError):
+        except (grpc.RpcError, TimeoutError, asyncio.InvalidStateError):
             call.cancel()  # the text is complete anyway; the cloud sees a cancel instead
             return
         except BaseException:
             call.cancel()
             raise
         _await_status(call, timeout_s=2.0)
+
+    # ── wire ───────────────────────────────────────────────────────────────────────────────────
+    async def _write(self, call: Any, msg: SessionMessage) -> None:
+        wire = session_message_to_pb(msg)
+        self._up(wire.ByteSize())
+        await call.write(wire)
+
+    async def _send(self, msg: SessionMessage) -> None:
+        """Write to the live call; a call the cloud already ended (finished) takes nothing more."""
+        call = self._call
+        if call is None or call.done():
+            if self.state.finished:
+                return
+            raise cloud_unavailable("the session ended while a block was being sent")
+        try:
+            await self._write(call, msg)
+        except asyncio.InvalidStateError:  # the stream ended between the check and the write
+            if not self.state.finished:
+                raise cloud_unavailable("the session ended while a block was being sent") from None
 
     async def _read(self) -> Opened | Verdict:
         msg = await self._call.read()
@@ -200,38 +194,85 @@ class SpeculativeGeneration(Generation):
         except InvalidRequestError as exc:
             raise ProtocolViolationError(str(exc)) from None
 
+    # ── rounds ─────────────────────────────────────────────────────────────────────────────────
+    async def _draft_and_send(self, want: int, chained: bool) -> bool:
+        """Draft one block continuing the current chain and send it; False when it went void meanwhile."""
+        state, chain = self.state, self.state.chain
+        n = state.plan(want, chained)
+        drafts, payload, seconds = await self.drafter.run(
+            self.draft.draft, state.context(), n, lambda: state.chain != chain or state.finished
+        )
+        self.metrics.draft_seconds.observe(seconds)
+        state.stats.draft_seconds += seconds
+        if state.chain != chain or not state.draftable:
+            return False  # a verdict ended the chain while drafting: these drafts are void
+        more = chained and not self.draft.ends_chain(drafts)
+        block = state.seal(drafts, payload, self.codec.spec, more)
+        self.metrics.observe_sent(len(drafts), block.more)
+        await self._send_block(block)
+        return True
+
+    async def _send_block(self, block: InFlight) -> None:
+        await self._send(Block(block.round, block.payload, more=block.more, chain=block.chain))
+
+    async def _sender(self) -> None:
+        """Streamed rounds: keep up to pipeline_depth blocks of the current chain in flight."""
+        state = self.state
+        while not state.finished:
+            if not state.draftable or len(state.inflight) >= self.req.pipeline_depth:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            await self._draft_and_send(self.req.draft_len, chained=True)
+
     async def rounds(self) -> AsyncIterator[RoundOutput]:
-        assert self.state is not None, "start() first"
         assert self._call is not None, "start() first"
-        state, generated, rnd = self.state, 0, 0
-        while True:
-            remaining = self.req.sampling.max_new_tokens - generated
-            if remaining <= 0:
-                raise ProtocolViolationError("the cloud did not finish at max_new_tokens")
-            t0 = time.perf_counter()
-            drafts, payload, draft_s = await self.drafter.run(
-                state.draft, plan_draft_len(self.req.draft_len, remaining)
-            )
-            self.metrics.draft_seconds.observe(draft_s)
-            self.stats.draft_seconds += draft_s
-            await self._send(self._call, Block(rnd, payload))
-            reply = await self._read()
-            if not isinstance(reply, Verdict):
-                raise ProtocolViolationError("expected a Verdict")
-            v = verdict_view(reply)
-            check_verdict(v, rnd, len(drafts))
-            tokens = round_tokens([d.token for d in drafts], v)
-            self.stats.record_round(len(drafts), v, len(payload))
-            self.metrics.observe_round(len(drafts), v.accepted, v.resampled, v.verify_seconds)
-            self.metrics.round_seconds.observe(time.perf_counter() - t0)
-            state.apply(tokens, v.accepted)
-            generated += len(tokens)
-            rnd += 1
-            if v.finished:
-                self._release_finished()
-            yield RoundOutput(tokens, v.finish_reason if v.finished else None)
-            if v.finished:
-                return
+        sender = asyncio.ensure_future(self._sender()) if self.req.pipeline else None
+        try:
+            while True:
+                if sender is None:
+                    await self._draft_and_send(self.req.draft_len, chained=False)
+                elif sender.done():
+                    sender.result()  # surfaces the sender's failure
+                    if not self.state.inflight:
+                        raise ProtocolViolationError("streaming stopped with nothing in flight")
+                out = await self._next_verdict(sender)
+                if out is not None:
+                    yield out
+                    if out.finish_reason is not None:
+                        return
+        finally:
+            if sender is not None:
+                sender.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await sender
+
+    async def _next_verdict(self, sender: asyncio.Future[None] | None) -> RoundOutput | None:
+        """Read and apply one verdict (streamed: racing the sender, whose failure must surface)."""
+        t0 = time.perf_counter()
+        read: asyncio.Future[Opened | Verdict] = asyncio.ensure_future(self._read())
+        if sender is not None:
+            waiting: set[asyncio.Future[Any]] = {read, sender}
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            if not read.done():
+                read.cancel()
+                sender.result()  # raises the sender's error; a sender that ended cleanly: read again
+                return None
+        reply = await read
+        if not isinstance(reply, Verdict):
+            raise ProtocolViolationError("expected a Verdict")
+        return self._apply(reply, t0)
+
+    def _apply(self, v: Verdict, t0: float) -> RoundOutput:
+        drafted = len(self.state.inflight[0].drafts) if self.state.inflight else 0
+        applied = self.state.apply(v)
+        self._wake.set()
+        self.metrics.observe_round(drafted, v.accepted, v.resampled, v.verify_seconds)
+        self.metrics.observe_void(applied.void_blocks, applied.void_drafts)
+        self.metrics.round_seconds.observe(time.perf_counter() - t0)
+        if applied.finished:
+            self._release_finished()
+        return RoundOutput(applied.tokens, _reason(applied.finish_reason))
 
 
 class CloudOnlyGeneration(Generation):

@@ -2,110 +2,40 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 
 from common.errors import InvalidRequestError
+from common.protocol import (
+    Block,
+    Close,
+    GenerateChunk,
+    GenerateRequest,
+    Limits,
+    Opened,
+    OpenRequest,
+    ServerInfo,
+    SessionMessage,
+    SessionReply,
+    Verdict,
+)
 from common.rpc import pb, pb_grpc
 from common.types import FinishReason, SamplingParams
 
-# ── domain objects of the Verifier protocol (no protobuf inside) ───────────────────────────────
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Server limits a client must respect (Info.limits)."""
-
-    max_sessions: int
-    max_draft_len: int
-    max_prompt_tokens: int
-    max_new_tokens: int
-    max_message_bytes: int
-
-
-@dataclass(frozen=True)
-class ServerInfo:
-    """The Info answer: served model, tokenizer fingerprint, codecs, limits."""
-
-    model_id: str
-    tokenizer_fingerprint: str
-    vocab_size: int
-    codecs: tuple[str, ...]
-    limits: Limits
-    server_version: str
-    bitstream_version: int
-
-
-@dataclass(frozen=True)
-class OpenRequest:
-    """First message of a Session: prompt (crosses the link once), sampling, codec, fingerprint."""
-
-    prompt_token_ids: tuple[int, ...]
-    sampling: SamplingParams
-    codec: str
-    tokenizer_fingerprint: str
-    request_id: str = ""
-
-
-@dataclass(frozen=True)
-class Block:
-    """One round of drafts: the round number and the codec bitstream."""
-
-    round: int
-    payload: bytes
-
-
-@dataclass(frozen=True)
-class Close:
-    """The client ends the session early."""
-
-
-SessionMessage = OpenRequest | Block | Close
-
-
-@dataclass(frozen=True)
-class Opened:
-    """The server's answer to OpenRequest."""
-
-    session_id: str
-    prompt_tokens: int
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """The verifier's answer to one Block: output = drafts[:accepted] + [next_token] (if present)."""
-
-    round: int
-    accepted: int
-    next_token: int | None
-    finished: bool = False
-    finish_reason: FinishReason | None = None
-    verify_seconds: float = 0.0
-    resampled: bool = False
-
-
-SessionReply = Opened | Verdict
-
-
-@dataclass(frozen=True)
-class GenerateRequest:
-    """Cloud-only autoregressive generation."""
-
-    prompt_token_ids: tuple[int, ...]
-    sampling: SamplingParams
-    request_id: str = ""
-
-
-@dataclass(frozen=True)
-class GenerateChunk:
-    """Tokens as they are generated."""
-
-    token_ids: tuple[int, ...] = field(default_factory=tuple)
-    finished: bool = False
-    finish_reason: FinishReason | None = None
-
+__all__ = [
+    "Block",
+    "Close",
+    "GenerateChunk",
+    "GenerateRequest",
+    "Limits",
+    "OpenRequest",
+    "Opened",
+    "ServerInfo",
+    "SessionMessage",
+    "SessionReply",
+    "Verdict",
+]
 
 # ── sampling params and finish reasons ─────────────────────────────────────────────────────────
 
@@ -184,6 +114,7 @@ def info_to_pb(info: ServerInfo) -> pb.InfoResponse:
         limits=limits_to_pb(info.limits),
         server_version=info.server_version,
         bitstream_version=info.bitstream_version,
+        features=list(info.features),
     )
 
 
@@ -196,6 +127,7 @@ def info_from_pb(msg: pb.InfoResponse) -> ServerInfo:
         limits=limits_from_pb(msg.limits),
         server_version=msg.server_version,
         bitstream_version=msg.bitstream_version,
+        features=tuple(msg.features),
     )
 
 
@@ -212,10 +144,16 @@ def session_message_to_pb(message: SessionMessage) -> pb.SessionRequest:
                 codec=message.codec,
                 tokenizer_fingerprint=message.tokenizer_fingerprint,
                 request_id=message.request_id,
+                resume_token_ids=list(message.resume_token_ids),
             )
         )
     if isinstance(message, Block):
-        return pb.SessionRequest(block=pb.DraftBlock(round=message.round, payload=message.payload))
+        block = pb.DraftBlock(round=message.round, payload=message.payload, more=message.more)
+        if message.chain is not None:
+            block.chain = message.chain
+        if message.codec is not None:
+            block.codec = message.codec
+        return pb.SessionRequest(block=block)
     return pb.SessionRequest(close=pb.CloseSession())
 
 
@@ -232,9 +170,17 @@ def session_message_from_pb(msg: pb.SessionRequest) -> SessionMessage:
             codec=o.codec,
             tokenizer_fingerprint=o.tokenizer_fingerprint,
             request_id=o.request_id,
+            resume_token_ids=tuple(o.resume_token_ids),
         )
     if kind == "block":
-        return Block(round=msg.block.round, payload=bytes(msg.block.payload))
+        b = msg.block
+        return Block(
+            round=b.round,
+            payload=bytes(b.payload),
+            more=b.more,
+            chain=b.chain if b.HasField("chain") else None,
+            codec=b.codec if b.HasField("codec") else None,
+        )
     if kind == "close":
         return Close()
     raise InvalidRequestError("empty SessionRequest: set one of open, block, close")
@@ -253,6 +199,10 @@ def session_reply_to_pb(reply: SessionReply) -> pb.SessionResponse:
         finish_reason=finish_reason_to_pb(reply.finish_reason),
         verify_seconds=reply.verify_seconds,
         resampled=reply.resampled,
+        chain=reply.chain,
+        queue_seconds=reply.queue_seconds,
+        batch_size=reply.batch_size,
+        void_blocks=reply.void_blocks,
     )
     if reply.next_token is not None:
         verdict.next_token = reply.next_token
@@ -274,6 +224,10 @@ def session_reply_from_pb(msg: pb.SessionResponse) -> SessionReply:
             finish_reason=finish_reason_from_pb(v.finish_reason),
             verify_seconds=float(v.verify_seconds),
             resampled=v.resampled,
+            chain=v.chain,
+            queue_seconds=float(v.queue_seconds),
+            batch_size=v.batch_size,
+            void_blocks=v.void_blocks,
         )
     raise InvalidRequestError("empty SessionResponse")
 

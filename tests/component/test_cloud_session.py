@@ -14,7 +14,7 @@ from common.codec import make_codec
 from common.models import LoadedModel, load_model
 from common.rpc import convert as cv
 from common.rpc import pb
-from common.sampling import probs_from_logits
+from common.sampling import drafter_rng, probs_from_logits
 from common.types import FinishReason, SamplingParams
 from tests.support.cloud import (
     ReferenceDrafter,
@@ -98,7 +98,7 @@ def test_first_token_distribution_matches_target(
     q = probs_from_logits(greedy_logits(drafter.lm, PROMPT), temp, 1.0)[0]
     resampled = 0
     for seed in range(n):
-        payload = codec.encode([codec.compress(q, drafter.rng)])
+        payload = codec.encode([codec.compress(q, drafter_rng(seed, len(PROMPT)))])
         session = SyncSession(channel)
         session.open(cv.OpenRequest(PROMPT, _with_seed(params, seed), codec.spec, lm.fingerprint))
         v = session.round(0, payload)

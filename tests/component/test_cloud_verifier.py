@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from cloud.verifier import (
+    RoundOutcome,
     TargetCache,
     VerifierLimits,
     VerifySession,
@@ -16,12 +17,12 @@ from cloud.verifier import (
     decode_block,
     max_message_bytes,
     open_codec,
-    truncate_output,
 )
 from common.codec import Draft, make_codec
 from common.errors import InvalidRequestError, PreconditionError, ProtocolError
 from common.models import LoadedModel, load_model
-from common.rpc.convert import OpenRequest
+from common.protocol import Block, OpenRequest
+from common.rounds import truncate_output
 from common.types import FinishReason, SamplingParams
 from tests.support.cloud import ReferenceDrafter, greedy_tokens
 
@@ -38,6 +39,12 @@ def target() -> LoadedModel:
 @pytest.fixture(scope="module")
 def far() -> LoadedModel:
     return load_model("builtin:tiny-draft-far")
+
+
+def _verify(sess: VerifySession, round_no: int, payload: bytes, more: bool = False) -> RoundOutcome:
+    out = sess.verify_block(Block(round_no, payload, more=more))
+    assert out is not None, "not a void block"
+    return out
 
 
 def _lattice(token: int, support: list[int] | None, counts: list[int], ell: int) -> Draft:
@@ -138,13 +145,13 @@ def test_stop_inside_accepted_drafts(target: LoadedModel) -> None:
     codec = make_codec("ksqs:k=8,ell=64", target.vocab_size)
     sess = VerifySession(target, params, PROMPT, LIMITS, codec)
     drafts = ReferenceDrafter(target, codec, params).draft(PROMPT, 4)
-    out = sess.verify_block(0, codec.encode(drafts))
+    out = _verify(sess, 0, codec.encode(drafts))
     assert (out.verdict.accepted, out.verdict.next_token) == (2, None)
     assert out.verdict.finish_reason is FinishReason.STOP
     assert out.raw_accepted == 4
     assert sess.output_tokens == ref[:2]
     with pytest.raises(ProtocolError, match="finished"):
-        sess.verify_block(1, codec.encode(drafts))
+        _verify(sess, 1, codec.encode(drafts))
 
 
 @pytest.mark.parametrize(("max_new", "accepted", "has_next"), [(2, 2, False), (5, 4, True), (1, 1, False)])
@@ -153,7 +160,7 @@ def test_length_limit(target: LoadedModel, max_new: int, accepted: int, has_next
     codec = make_codec("qs:ell=64", target.vocab_size)
     sess = VerifySession(target, params, PROMPT, LIMITS, codec)
     drafts = ReferenceDrafter(target, codec, params).draft(PROMPT, 4)
-    v = sess.verify_block(0, codec.encode(drafts)).verdict
+    v = _verify(sess, 0, codec.encode(drafts)).verdict
     assert (v.accepted, v.next_token is not None, v.finish_reason) == (
         accepted,
         has_next,
@@ -166,10 +173,10 @@ def test_round_order(target: LoadedModel) -> None:
     codec = make_codec("qs:ell=64", target.vocab_size)
     sess = VerifySession(target, SamplingParams(temperature=0.0, max_new_tokens=9), PROMPT, LIMITS, codec)
     with pytest.raises(ProtocolError, match="round 1 out of order: expected round 0"):
-        sess.verify_block(1, codec.encode([]))
-    sess.verify_block(0, codec.encode([]))
+        _verify(sess, 1, codec.encode([]))
+    _verify(sess, 0, codec.encode([]))
     with pytest.raises(ProtocolError, match="round 0 out of order"):
-        sess.verify_block(0, codec.encode([]))
+        _verify(sess, 0, codec.encode([]))
 
 
 # ── KV rollback ────────────────────────────────────────────────────────────────────────────────
@@ -190,7 +197,7 @@ def test_kv_rollback_leaves_no_trace(target: LoadedModel, far: LoadedModel) -> N
     rejected = 0
     for r in range(6):
         drafts = drafter.draft(sess.target.tokens, 6)
-        out = sess.verify_block(r, codec.encode(drafts))
+        out = _verify(sess, r, codec.encode(drafts))
         rejected += out.raw_accepted < 6
     assert rejected >= 3  # the far drafter forces rejections, hence cache crops
     extra = drafter.draft(sess.target.tokens, 3)
@@ -218,7 +225,7 @@ def test_greedy_core_equals_target(target: LoadedModel, spec: str) -> None:
     sess = VerifySession(target, params, PROMPT, LIMITS, codec)
     drafter = ReferenceDrafter(drafter_lm, make_codec(spec, target.vocab_size), params)
     while not sess.finished:
-        sess.verify_block(sess.round, codec.encode(drafter.draft(sess.target.tokens, 4)))
+        _verify(sess, sess.round, codec.encode(drafter.draft(sess.target.tokens, 4)))
     assert sess.output_tokens == greedy_tokens(target, PROMPT, 20)
 
 
@@ -228,7 +235,7 @@ def test_generate_steps_equal_greedy(target: LoadedModel) -> None:
         assert sess.step().verdict.next_token is not None
     assert sess.output_tokens == greedy_tokens(target, PROMPT, 12)
     with pytest.raises(ProtocolError, match="no draft blocks"):
-        sess.verify_block(0, b"")
+        _verify(sess, 0, b"")
 
 
 def test_max_message_bytes_fits_a_dense_block() -> None:

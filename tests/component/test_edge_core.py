@@ -1,4 +1,4 @@
-"""Edge pure core: round bookkeeping, detokenization, config, error mapping, start-up checks."""
+"""Edge pure core: detokenization, config, error mapping, start-up checks (rounds: test_rounds.py)."""
 
 from __future__ import annotations
 
@@ -11,98 +11,12 @@ import pytest
 from common.config import describe
 from common.errors import ConfigError
 from common.models.tiny import tiny_tokenizer
+from common.rounds import ProtocolViolationError
 from common.rpc.convert import Limits, ServerInfo
-from common.sampling import drafter_rng
+from common.sampling import drafter_rng, verifier_rng
 from edge.config import EdgeConfig, load_edge_config
 from edge.detok import TextStream
 from edge.errors import from_exception, from_grpc, from_validation
-from edge.rounds import (
-    ProtocolViolationError,
-    SpecStats,
-    VerdictView,
-    check_verdict,
-    plan_draft_len,
-    round_tokens,
-    valid_cache_len,
-)
-
-
-def verdict(rnd: int = 0, accepted: int = 0, nxt: int | None = 7, **kw: object) -> VerdictView:
-    base = VerdictView(rnd, accepted, nxt, False, None, False, 0.01)
-    return replace(base, **kw)  # type: ignore[arg-type]
-
-
-# ---- rounds ----------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("draft_len", "remaining", "want"), [(4, 10, 4), (4, 5, 4), (4, 3, 2), (4, 1, 0), (4, 0, 0)]
-)
-def test_plan_draft_len_leaves_room_for_the_bonus_token(draft_len: int, remaining: int, want: int) -> None:
-    assert plan_draft_len(draft_len, remaining) == want
-
-
-def test_round_tokens_are_accepted_prefix_then_next() -> None:
-    assert round_tokens([1, 2, 3], verdict(accepted=2, nxt=9)) == [1, 2, 9]
-    assert round_tokens([1, 2, 3], verdict(accepted=3, nxt=None, finished=True)) == [1, 2, 3]
-    assert round_tokens([], verdict(accepted=0, nxt=5)) == [5]
-
-
-@pytest.mark.parametrize(
-    "bad",
-    [
-        verdict(rnd=1),  # wrong round
-        verdict(accepted=4),  # more than drafted
-        verdict(nxt=None),  # no next token but not finished
-        verdict(nxt=None, finished=True, resampled=True),  # resampled without a token
-    ],
-)
-def test_check_verdict_rejects_protocol_violations(bad: VerdictView) -> None:
-    with pytest.raises(ProtocolViolationError):
-        check_verdict(bad, expected_round=0, num_drafts=3)
-
-
-def test_check_verdict_accepts_valid() -> None:
-    check_verdict(verdict(accepted=3, nxt=None, finished=True, finish_reason="stop"), 0, 3)
-    check_verdict(verdict(accepted=1, resampled=True), 0, 3)
-
-
-@pytest.mark.parametrize(
-    ("cached", "context", "accepted", "want"),
-    [
-        (13, 10, 4, 13),  # L=4 all accepted: cache holds context + 3 drafts, all valid
-        (13, 10, 1, 11),  # one accepted: keep context + 1
-        (13, 10, 0, 10),  # rejection at the first draft
-        (8, 10, 0, 8),  # empty block: cache behind the context, nothing to crop
-    ],
-)
-def test_valid_cache_len(cached: int, context: int, accepted: int, want: int) -> None:
-    assert valid_cache_len(cached, context, accepted) == want
-
-
-def test_spec_stats_summary_follows_method_definitions() -> None:
-    s = SpecStats()
-    s.record_round(4, verdict(0, 4, 9), payload_bytes=40)  # all accepted + bonus
-    s.record_round(4, verdict(1, 1, 9, resampled=True), payload_bytes=40)  # rejected at pos 1
-    s.record_round(0, verdict(2, 0, 9), payload_bytes=4)  # empty block (last token)
-    out = s.summary()
-    assert out["rounds"] == 3
-    assert out["num_drafts"] == 2
-    assert out["num_draft_tokens"] == 8
-    assert out["num_accepted_draft_tokens"] == 5
-    assert out["draft_acceptance_rate"] == pytest.approx(5 / 8)
-    assert out["mean_acceptance_length"] == pytest.approx(1 + 5 / 3)
-    assert out["num_accepted_tokens_per_pos"] == [2, 1, 1, 1]
-    assert out["resampling_rate"] == pytest.approx(1 / 6)  # 1 resample over 5 accepted + 1 rejected
-    assert out["bits_per_draft_token"] == pytest.approx(8 * 84 / 8)
-
-
-def test_spec_stats_empty_has_null_ratios() -> None:
-    out = SpecStats().summary()
-    assert out["draft_acceptance_rate"] is None
-    assert out["mean_acceptance_length"] is None
-    assert out["bits_per_draft_token"] is None
-
 
 # ---- detokenization --------------------------------------------------------------------------
 
@@ -192,9 +106,10 @@ def test_config_rejects_bad_values(argv: list[str], env: dict[str, str]) -> None
 
 
 def test_edge_rng_is_seeded_but_not_the_clouds_stream() -> None:
-    a, b = drafter_rng(42).random(4), drafter_rng(42).random(4)
+    a, b = drafter_rng(42, 7).random(4), drafter_rng(42, 7).random(4)
     np.testing.assert_array_equal(a, b)
-    assert not np.allclose(a, np.random.default_rng(42).random(4))  # cloud's draws stay independent
+    assert not np.allclose(a, verifier_rng(42, 7).random(4))  # the cloud's draws stay independent
+    assert not np.allclose(a, drafter_rng(42, 8).random(4))  # and each position has its own stream
 
 
 class _Rpc(grpc.RpcError):  # type: ignore[misc]

@@ -12,15 +12,17 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import grpc
+import numpy as np
 
 from cloud.app import CloudServer
 from cloud.config import CloudConfig
 from common.codec import Codec, Draft
 from common.models import CachedLM, LoadedModel, load_model
 from common.models.agreement import greedy_continuation
+from common.rounds import SpecState, SpecStats, draft_one
 from common.rpc import convert as cv
 from common.rpc import pb
-from common.sampling import drafter_rng, probs_from_logits
+from common.sampling import drafter_rng
 from common.types import SamplingParams
 
 T = TypeVar("T")
@@ -161,24 +163,33 @@ def greedy_tokens(lm: LoadedModel, prompt: Sequence[int], n: int) -> list[int]:
 
 
 class ReferenceDrafter:
-    """Drafts L tokens with a small model: q from the drafter, q̂ and the token from the codec."""
+    """Drafts with a small model through the round core (common.rounds.draft_one); a fresh cache per call.
 
-    def __init__(self, lm: LoadedModel, codec: Codec, params: SamplingParams, seed: int = 0) -> None:
+    The draft at absolute position m is drawn from drafter_rng(seed, m): `seed` defaults to the
+    request's seed (params.seed, else 0), as the edge does.
+    """
+
+    def __init__(
+        self, lm: LoadedModel, codec: Codec, params: SamplingParams, seed: int | None = None
+    ) -> None:
         self.lm = lm
         self.codec = codec
         self.params = params
-        self.rng = drafter_rng(seed)  # never the verifier's stream (see common.sampling)
+        self.seed = seed if seed is not None else (params.seed if params.seed is not None else 0)
+
+    def rng(self, position: int) -> np.random.Generator:
+        """The drafter's generator at an absolute position (never the verifier's stream)."""
+        return drafter_rng(self.seed, position)
 
     def draft(self, tokens: Sequence[int], n: int) -> list[Draft]:
-        """n drafts continuing `tokens` (a fresh drafter cache each round: simple, not fast)."""
+        """n drafts continuing `tokens` (simple, not fast)."""
         cache = CachedLM(self.lm)
-        logits = cache.extend(list(tokens))[-1:]  # [1, V]
+        logits = cache.extend(list(tokens))[-1]  # [V]
         drafts: list[Draft] = []
         for i in range(n):
-            q = probs_from_logits(logits.numpy(), self.params.temperature, self.params.top_p)[0]  # [V]
-            drafts.append(self.codec.compress(q, self.rng))
+            drafts.append(draft_one(logits.numpy(), self.codec, self.params, self.seed, len(tokens) + i))
             if i + 1 < n:
-                logits = cache.extend([drafts[-1].token])  # [1, V]
+                logits = cache.extend([drafts[-1].token])[-1]  # [V]
         return drafts
 
 
@@ -189,6 +200,7 @@ class SessionRun:
     output: list[int]
     verdicts: list[cv.Verdict]
     payload_bytes: int
+    stats: SpecStats
 
 
 def run_session(
@@ -198,24 +210,33 @@ def run_session(
     prompt: Sequence[int],
     draft_len: int,
     timeout: float = 60.0,
+    chained: bool = False,
+    depth: int = 1,
 ) -> SessionRun:
-    """Open a session and loop draft → verdict until the cloud says finished."""
+    """Drive one generation through the round core (SpecState): draft → block → verdict until finished.
+
+    chained=True streams: up to `depth` blocks of one chain in flight, each declaring `more`
+    (decided before the next position is drafted), so the cloud verifies them as one long draft.
+    """
+    params = drafter.params if drafter.params.seed is not None else _seeded(drafter.params, drafter.seed)
+    state = SpecState(prompt, params)
     session = SyncSession(channel, timeout)
-    req = cv.OpenRequest(tuple(prompt), drafter.params, drafter.codec.spec, target.fingerprint)
-    session.open(req)
-    tokens, sent = list(prompt), 0
+    session.open(cv.OpenRequest(tuple(prompt), params, drafter.codec.spec, target.fingerprint))
     verdicts: list[cv.Verdict] = []
-    while True:
-        drafts = drafter.draft(tokens, draft_len)
-        payload = drafter.codec.encode(drafts)
-        sent += len(payload)
-        verdict = session.round(len(verdicts), payload)
-        verdicts.append(verdict)
-        tokens += [d.token for d in drafts[: verdict.accepted]]
-        if verdict.next_token is not None:
-            tokens.append(verdict.next_token)
-        if verdict.finished:
-            break
+    while not state.finished:
+        while state.draftable and len(state.inflight) < (depth if chained else 1):
+            drafts = drafter.draft(state.context(), state.plan(draft_len, chained))
+            payload = drafter.codec.encode(drafts)
+            block = state.seal(drafts, payload, drafter.codec.spec, more=chained)
+            session.send(cv.Block(block.round, payload, more=block.more, chain=block.chain))
+        reply = session.recv()
+        assert isinstance(reply, cv.Verdict), reply
+        verdicts.append(reply)
+        state.apply(reply)
     code = session.finish()
     assert code == grpc.StatusCode.OK, code
-    return SessionRun(tokens[len(prompt) :], verdicts, sent)
+    return SessionRun(state.output, verdicts, state.stats.payload_bytes, state.stats)
+
+
+def _seeded(params: SamplingParams, seed: int) -> SamplingParams:
+    return dataclasses.replace(params, seed=seed)

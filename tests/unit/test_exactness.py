@@ -96,23 +96,29 @@ def _accept_probes(a: float) -> tuple[list[float], list[float]]:
     return acc, rej
 
 
-def round_dist(drafts: list[Draft], target: np.ndarray) -> dict[tuple[int, ...], float]:
+def round_dist(drafts: list[Draft], target: np.ndarray, bonus: bool = True) -> dict[tuple[int, ...], float]:
     """Distribution of one round's output tokens, driving the real verify() down every branch.
 
     Branch weights are computed analytically (accept w.p. min(1, p/q̂), residual norm((p-q̂)+),
     bonus p_{L+1}); verify() is run with scripted uniforms at both ends of every branch's interval,
-    so its decision regions must coincide with the analytic ones.
+    so its decision regions must coincide with the analytic ones. With bonus=False (a continuation
+    follows the block) a fully accepted block ends with no extra token: its outcome has exactly
+    len(drafts) tokens, while every other outcome ends in a resampled token.
     """
     out: dict[tuple[int, ...], float] = defaultdict(float)
     vocab = target.shape[1]
 
-    def check(path: list[list[float]], expect: tuple[int, int]) -> None:
+    def check(path: list[list[float]], expect: tuple[int, int | None]) -> None:
         for i, probes in enumerate(path):  # vary one draw at a time over its probes
             for u in probes:
                 script = [p[len(p) // 2] if j != i else u for j, p in enumerate(path)]
-                assert verify(drafts, target, scripted(randoms=script)) == expect
+                assert verify(drafts, target, scripted(randoms=script), bonus=bonus) == expect
 
     def rec(n: int, path: list[list[float]], tokens: tuple[int, ...], weight: float) -> None:
+        if n == len(drafts) and not bonus:  # all accepted, the chain continues: no bonus draw
+            check(path, (n, None))
+            out[tokens] += weight
+            return
         if n == len(drafts):  # all accepted: bonus from p_{L+1}
             for j, pj, probes in _intervals(target[n]):
                 check([*path, probes], (n, j))
@@ -284,3 +290,145 @@ def test_greedy_reproduces_argmax(spec: str) -> None:
         mism = np.flatnonzero(q_arg != p_arg[:draft_len])
         want = int(mism[0]) if mism.size else draft_len
         assert (accepted, nxt) == (want, int(p_arg[want]))
+
+
+# ── streamed drafts: two chained blocks (continuation after full acceptance, void after rejection) ──
+
+
+def chain_dist(
+    spec: str,
+    p_model: Model,
+    q_model: Model,
+    vocab: int,
+    lens: tuple[int, int],
+    ctx: tuple[int, ...] = (),
+) -> dict[tuple[int, ...], float]:
+    """Output distribution of two chained blocks A (`more`) and B, both drafted before A's verdict.
+
+    The cloud verifies A without a bonus token (bonus=False); if every draft of A is accepted it
+    verifies B as A's continuation (bonus at B's end), otherwise A's verdict carries the resampled
+    token and B is void (dropped): the output then ends with that token.
+    """
+    l1, l2 = lens
+    edge, cloud = make_codec(spec, vocab), make_codec(spec, vocab)
+    out: dict[tuple[int, ...], float] = defaultdict(float)
+
+    def rows(drafts: list[Draft], lo: int, hi: int) -> np.ndarray:
+        return np.stack([p_model((*ctx, *(d.token for d in drafts[:n]))) for n in range(lo, hi + 1)])
+
+    def verify_chain(drafts: list[Draft], weight: float) -> None:
+        wire = cloud.decode(edge.encode(drafts[:l1])) + cloud.decode(edge.encode(drafts[l1:]))
+        for seq_a, wa in round_dist(wire[:l1], rows(drafts, 0, l1), bonus=False).items():
+            if len(seq_a) < l1 or seq_a != tuple(d.token for d in drafts[:l1]):
+                out[seq_a] += weight * wa  # A ended the chain (resampled token): B is void
+                continue
+            for seq_b, wb in round_dist(wire[l1:], rows(drafts, l1, l1 + l2)).items():
+                out[(*seq_a, *seq_b)] += weight * wa * wb
+
+    def rec(codec: Codec, drafts: list[Draft], weight: float) -> None:
+        if len(drafts) == l1 + l2:
+            verify_chain(drafts, weight)
+            return
+        q = q_model((*ctx, *(d.token for d in drafts)))
+        after = copy.deepcopy(codec)
+        after.compress(q, np.random.default_rng(1))  # state after this token (token-independent)
+        for w, d in draft_outcomes(codec, q):
+            rec(after, [*drafts, d], weight * w)
+
+    rec(edge, [], 1.0)
+    return out
+
+
+def joint_of_first(
+    n: int,
+    dist: dict[tuple[int, ...], float],
+    cont: Callable[[tuple[int, ...]], dict[tuple[int, ...], float]],
+    prefix: tuple[int, ...] = (),
+) -> dict[tuple[int, ...], float]:
+    """P(first n output tokens); an outcome shorter than n continues with a fresh round from there.
+
+    `dist` is the distribution of what follows `prefix`; cont(context) gives a fresh round's.
+    """
+    out: dict[tuple[int, ...], float] = defaultdict(float)
+    for seq, w in dist.items():
+        if len(seq) >= n:
+            out[seq[:n]] += w
+            continue
+        here = (*prefix, *seq)
+        for rest, v in joint_of_first(n - len(seq), cont(here), cont, here).items():
+            out[(*seq, *rest)] += w * v
+    return out
+
+
+def target_joint(p_model: Model, vocab: int, n: int) -> dict[tuple[int, ...], float]:
+    """P(x_1..x_n) under the target alone."""
+    out: dict[tuple[int, ...], float] = {(): 1.0}
+    for _ in range(n):
+        out = {(*s, x): w * float(p_model(s)[x]) for s, w in out.items() for x in range(vocab)}
+    return out
+
+
+def _assert_same(got: dict[tuple[int, ...], float], want: dict[tuple[int, ...], float]) -> None:
+    keys = set(got) | set(want)
+    err = max(abs(got.get(k, 0.0) - want.get(k, 0.0)) for k in keys)
+    assert err <= TOL, f"max abs error {err:.3e}"
+
+
+@pytest.mark.parametrize(
+    "spec", ["dense:fp32", "qs:ell=5", "ksqs:k=2,ell=4", "csqs:alpha=0.1,eta=0.05,ell=5"]
+)
+@pytest.mark.parametrize("lens", [(1, 1), (1, 2), (2, 1)])
+def test_two_chained_blocks_are_exact(spec: str, lens: tuple[int, int]) -> None:
+    """Joint of the first three output tokens equals the target's, whether B continued A or went void."""
+    vocab = 3
+    p_model, q_model = make_model(vocab, 21, 1.3), make_model(vocab, 22, 2.2)
+    dist = chain_dist(spec, p_model, q_model, vocab, lens)
+    assert sum(dist.values()) == pytest.approx(1.0, abs=TOL)
+    lengths = {len(s) for s in dist}
+    assert sum(lens) + 1 in lengths  # B continued A and ended in its bonus token
+    assert any(n <= lens[0] for n in lengths)  # A was rejected: B void
+    cont = lambda seq: speculate_dist(spec, p_model, q_model, vocab, 1, seq)  # noqa: E731
+    _assert_same(joint_of_first(3, dist, cont), target_joint(p_model, vocab, 3))
+
+
+def test_continuation_samples_no_bonus_token() -> None:
+    """A fully accepted block with bonus=False returns (L, None): the next block continues it."""
+    vocab = 4
+    p = np.eye(vocab)[[1, 2]]  # greedy target [L+1=2, V]
+    codec = make_codec("ksqs:k=2,ell=4", vocab)
+    d = codec.compress(np.eye(vocab)[1], np.random.default_rng(0))
+    assert verify([d], p, np.random.default_rng(0), bonus=False) == (1, None)
+    assert verify([d], p, np.random.default_rng(0), bonus=True) == (1, 2)
+
+
+def test_deciding_to_send_after_seeing_the_draft_is_caught() -> None:
+    """Negative control: block B (one draft at position 1) is sent only when the draft drawn there
+    is token 0; otherwise A ends without `more` and the cloud samples the bonus at position 1.
+    The decision depends on the drawn value, so the joint of the first two tokens is biased."""
+    vocab, spec = 3, "qs:ell=4"
+    p_model, q_model = make_model(vocab, 31, 1.0), make_model(vocab, 32, 1.5)
+    codec = make_codec(spec, vocab)
+    out: dict[tuple[int, ...], float] = defaultdict(float)
+    for wa, a in draft_outcomes(codec, q_model(())):
+        for wb, b in draft_outcomes(codec, q_model((a.token,))):
+            if b.token == 0:  # looked at the value, then chained it
+                for seq_a, va in round_dist(
+                    [a], np.stack([p_model(()), p_model((a.token,))]), bonus=False
+                ).items():
+                    if len(seq_a) == 1 and seq_a[0] == a.token:
+                        rows = np.stack([p_model((a.token,)), p_model((a.token, b.token))])
+                        for seq_b, vb in round_dist([b], rows).items():
+                            out[(*seq_a, *seq_b)[:2]] += wa * wb * va * vb
+                    else:
+                        for x, v in enumerate(p_model(seq_a)):
+                            out[(*seq_a, x)[:2]] += wa * wb * va * v
+            else:  # dropped it: A alone, bonus at position 1
+                for seq_a, va in round_dist([a], np.stack([p_model(()), p_model((a.token,))])).items():
+                    if len(seq_a) >= 2:
+                        out[seq_a[:2]] += wa * wb * va
+                    else:
+                        for x, v in enumerate(p_model(seq_a)):
+                            out[(*seq_a, x)] += wa * wb * va * v
+    want = target_joint(p_model, vocab, 2)
+    assert sum(out.values()) == pytest.approx(1.0, abs=1e-9)
+    assert max(abs(out.get(k, 0.0) - w) for k, w in want.items()) > 1e-3
