@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -12,7 +13,7 @@ from cloud.verifier import VerifierLimits, VerifySession
 from common.codec import Codec, Draft, make_codec
 from common.models import CachedLM, LoadedModel
 from common.protocol import Block
-from common.rounds import SpecState, draft_one, synced_prefix
+from common.rounds import InFlight, SpecState, draft_one, synced_prefix
 from common.sampling import fresh_seed, probs_from_logits
 from common.types import SamplingParams
 
@@ -27,6 +28,7 @@ class SpecRun:
     accepted: int = 0
     seconds: float = 0.0
     per_pos_accepted: list[int] = field(default_factory=list)
+    void_blocks: int = 0  # streamed: blocks drafted past a rejection and dropped
 
 
 class _Seq:
@@ -54,8 +56,10 @@ def _draft_block(
 ) -> list[Draft]:
     """Draft n tokens after ctx with the drafter (the last draft is not fed back)."""
     assert params.seed is not None
-    logits = drafter.feed(drafter.pending(ctx))[-1]  # [V]
     drafts: list[Draft] = []
+    if n <= 0:
+        return drafts
+    logits = drafter.feed(drafter.pending(ctx))[-1]  # [V]
     for i in range(n):
         drafts.append(draft_one(logits, codec, params, params.seed, len(ctx) + i))
         if i + 1 < n:
@@ -70,26 +74,31 @@ def speculative_generate(
     codec_spec: str,
     params: SamplingParams,
     draft_len: int,
+    depth: int = 0,
 ) -> SpecRun:
     """The edge+cloud round loop in one process (the protocol-overhead-free reference).
 
     The same round core as the services: SpecState (edge side) and VerifySession (cloud side),
-    joined by a function call instead of gRPC.
+    joined by a function call instead of gRPC. depth = 0: serial rounds; depth >= 1: streamed
+    rounds, drafting up to `depth` chained blocks ahead before the oldest one is verified.
     """
     if params.seed is None:
         params = replace(params, seed=fresh_seed())
     codec = make_codec(codec_spec, target.vocab_size)
     limits = VerifierLimits(max(draft_len, 1), len(prompt_ids), params.max_new_tokens)
     verifier = VerifySession(target, params, prompt_ids, limits, make_codec(codec_spec, target.vocab_size))
-    state, d = SpecState(prompt_ids, params), _Seq(drafter)
+    state, d, chained = SpecState(prompt_ids, params), _Seq(drafter), depth > 0
+    wire: deque[InFlight] = deque()  # blocks sent, not yet seen by the verifier (void ones too)
     start = time.perf_counter()
     while not state.finished:
-        n = state.plan(draft_len, chained=False)
-        drafts = _draft_block(d, state.context(), n, codec, params) if n > 0 else []
-        block = state.seal(drafts, codec.encode(drafts), codec.spec, more=False)
-        outcome = verifier.verify_block(Block(block.round, block.payload))
-        assert outcome is not None
-        state.apply(outcome.verdict)
+        while state.draftable and len(state.inflight) < max(depth, 1):
+            drafts = _draft_block(d, state.context(), state.plan(draft_len, chained), codec, params)
+            stop = bool(drafts) and drafts[-1].token in params.stop_token_ids
+            wire.append(state.seal(drafts, codec.encode(drafts), codec.spec, more=chained and not stop))
+        block = wire.popleft()
+        outcome = verifier.verify_block(Block(block.round, block.payload, block.more, block.chain))
+        if outcome is not None:  # None: a void block (drafted past a rejection), dropped
+            state.apply(outcome.verdict)
     st = state.stats
     per_pos = st.accepted_per_pos + [0] * max(0, draft_len - len(st.accepted_per_pos))
     return SpecRun(
@@ -99,6 +108,7 @@ def speculative_generate(
         accepted=st.num_accepted,
         seconds=time.perf_counter() - start,
         per_pos_accepted=per_pos,
+        void_blocks=st.void_blocks,
     )
 
 

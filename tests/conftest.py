@@ -10,6 +10,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One OpenMP thread per test process (set before torch is imported): the tiny models gain nothing
+# from more, and on a loaded 2-core machine spinning OpenMP workers make each forward ~10x slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def _real_models_available() -> bool:

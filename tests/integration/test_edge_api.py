@@ -56,8 +56,11 @@ PROMPTS = [[5, 17, 300, 42, 7], [1000, 3, 3, 3, 3, 3, 9], list(range(100, 140))]
         {"codec": "qs:ell=240", "draft_len": 2},
         {"codec": "dense:fp16", "draft_len": 5},
         {"mode": "cloud-only"},
+        {"pipeline": True},
+        {"pipeline": True, "codec": "csqs:alpha=0.05,eta=0.02,ell=240", "draft_len": 3},
+        {"pipeline": True, "codec": "dense:fp16", "draft_len": 1},
     ],
-    ids=["ksqs", "csqs", "qs", "dense16", "cloud-only"],
+    ids=["ksqs", "csqs", "qs", "dense16", "cloud-only", "streamed-ksqs", "streamed-csqs", "streamed-dense16"],
 )
 def test_greedy_equals_target_greedy(http: httpx.Client, draftlink: dict[str, Any]) -> None:
     for prompt in PROMPTS:
@@ -65,6 +68,27 @@ def test_greedy_equals_target_greedy(http: httpx.Client, draftlink: dict[str, An
         r = http.post("/v1/completions", json={**body, "draftlink": draftlink})
         assert r.status_code == 200, r.text
         assert r.json()["choices"][0]["token_ids"] == target_greedy(prompt, 40)
+
+
+def test_streamed_seeded_text_does_not_depend_on_block_length(http: httpx.Client) -> None:
+    """Streamed rounds draft every position and both sides key randomness by position: a seeded
+    request's text is the same for any draft length (and any timing of the verdicts)."""
+    outs = []
+    for draft_len in (1, 3, 6):
+        body = {
+            "prompt": PROMPTS[0],
+            "max_tokens": 40,
+            "temperature": 0.9,
+            "seed": 3,
+            "return_token_ids": True,
+        }
+        body["draftlink"] = {"pipeline": True, "draft_len": draft_len, "codec": "ksqs:k=8,ell=64"}
+        r = http.post("/v1/completions", json=body)
+        assert r.status_code == 200, r.text
+        spec = r.json()["metrics"]["speculative_decoding"]
+        assert spec["blocks_streamed"] > 0
+        outs.append(r.json()["choices"][0]["token_ids"])
+    assert outs[0] == outs[1] == outs[2]
 
 
 def _stream_text(http: httpx.Client, path: str, body: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
