@@ -29,26 +29,25 @@ class Drafter:
         """Run fn(*args) on the drafter thread (HTTP and gRPC stay on the event loop)."""
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
-    def new_state(self, codec: Codec, params: SamplingParams) -> DraftState:
-        """Per-request state (own KV cache; the codec object is the request's: C-SQS is stateful)."""
-        return DraftState(self.lm, codec, params)
+    def new_state(self, params: SamplingParams) -> DraftState:
+        """Per-request state (own KV cache and held tokens)."""
+        return DraftState(self.lm, params)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 class DraftState:
-    """One generation's drafter context: the tokens its KV cache holds, the codec, the request seed.
+    """One generation's drafter context: the tokens its KV cache holds and the request seed.
 
     `draft` runs on the drafter thread; one draft at a time per generation (the round loop
     awaits each), so no lock is needed.
     """
 
-    def __init__(self, lm: LoadedModel, codec: Codec, params: SamplingParams) -> None:
+    def __init__(self, lm: LoadedModel, params: SamplingParams) -> None:
         if params.seed is None:
             raise ValueError("the edge seeds every request before drafting")
         self.lm = lm
-        self.codec = codec
         self.params = params
         self.seed: int = params.seed
         self.stop_ids = frozenset(params.stop_token_ids)  # drafting past a stop token is wasted work
@@ -56,9 +55,9 @@ class DraftState:
         self.held: list[int] = []  # the tokens the KV cache holds
 
     def draft(
-        self, context: Sequence[int], n: int, abort: Callable[[], bool] | None = None
+        self, context: Sequence[int], n: int, codec: Codec, abort: Callable[[], bool] | None = None
     ) -> tuple[list[Draft], bytes, float]:
-        """Up to n drafts continuing `context` → (drafts, payload, seconds).
+        """Up to n drafts continuing `context`, compressed by `codec` → (drafts, payload, seconds).
 
         Stops early after a stop-token draft, or when `abort()` turns true (the chain these drafts
         continue has ended: the caller discards them). The draft at absolute position m is drawn
@@ -73,15 +72,13 @@ class DraftState:
                 self.held = list(context)
                 logits = self.cache.extend(context[keep:])[-1]  # [V] float32 for the next position
                 while True:
-                    d = draft_one(
-                        logits.numpy(), self.codec, self.params, self.seed, len(context) + len(drafts)
-                    )
+                    d = draft_one(logits.numpy(), codec, self.params, self.seed, len(context) + len(drafts))
                     drafts.append(d)
                     if len(drafts) == n or d.token in self.stop_ids or (abort is not None and abort()):
                         break
                     logits = self.cache.extend([d.token])[-1]  # [V]
                     self.held.append(d.token)
-        payload = self.codec.encode(drafts)
+        payload = codec.encode(drafts)
         return drafts, payload, time.perf_counter() - start
 
     def ends_chain(self, drafts: Sequence[Draft]) -> bool:

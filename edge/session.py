@@ -28,6 +28,7 @@ from edge.client import CloudClient
 from edge.drafter import Drafter, DraftState
 from edge.errors import cloud_unavailable
 from edge.metrics import EdgeMetrics
+from edge.policy import DraftPolicy, StaticPolicy
 
 log = logging.getLogger("draftlink.edge.session")
 _PENDING: set[asyncio.Future[Any]] = set()  # ended calls awaiting their final status
@@ -135,8 +136,11 @@ class SpeculativeGeneration(Generation):
         self.fingerprint = drafter.lm.fingerprint
         self.state = SpecState(req.prompt_ids, req.sampling)
         self.stats = self.state.stats
-        self.codec = make_codec(req.codec, drafter.lm.vocab_size)
-        self.draft: DraftState = drafter.new_state(self.codec, req.sampling)
+        codec = make_codec(req.codec, drafter.lm.vocab_size)
+        self.policy: DraftPolicy = StaticPolicy(req.draft_len, codec, req.pipeline_depth)
+        self.draft: DraftState = drafter.new_state(req.sampling)
+        self._wire_codec = req.codec  # the codec spec the cloud decodes with now
+        self._sent_at: dict[int, float] = {}  # round → perf_counter when the block was written
         self._wake = asyncio.Event()  # a verdict arrived: the sender may draft again
 
     async def start(self) -> None:
@@ -165,23 +169,26 @@ class SpeculativeGeneration(Generation):
         _await_status(call, timeout_s=2.0)
 
     # ── wire ───────────────────────────────────────────────────────────────────────────────────
-    async def _write(self, call: Any, msg: SessionMessage) -> None:
+    async def _write(self, call: Any, msg: SessionMessage) -> int:
         wire = session_message_to_pb(msg)
-        self._up(wire.ByteSize())
+        size = wire.ByteSize()
+        self._up(size)
         await call.write(wire)
+        return int(size)
 
-    async def _send(self, msg: SessionMessage) -> None:
-        """Write to the live call; a call the cloud already ended (finished) takes nothing more."""
+    async def _send(self, msg: SessionMessage) -> int:
+        """Write to the live call (returns the bytes written); a finished call takes nothing more."""
         call = self._call
         if call is None or call.done():
             if self.state.finished:
-                return
+                return 0
             raise cloud_unavailable("the session ended while a block was being sent")
         try:
-            await self._write(call, msg)
+            return await self._write(call, msg)
         except asyncio.InvalidStateError:  # the stream ended between the check and the write
             if not self.state.finished:
                 raise cloud_unavailable("the session ended while a block was being sent") from None
+            return 0
 
     async def _read(self) -> Opened | Verdict:
         msg = await self._call.read()
@@ -195,35 +202,42 @@ class SpeculativeGeneration(Generation):
             raise ProtocolViolationError(str(exc)) from None
 
     # ── rounds ─────────────────────────────────────────────────────────────────────────────────
-    async def _draft_and_send(self, want: int, chained: bool) -> bool:
+    async def _draft_and_send(self, chained: bool) -> bool:
         """Draft one block continuing the current chain and send it; False when it went void meanwhile."""
         state, chain = self.state, self.state.chain
-        n = state.plan(want, chained)
+        plan = self.policy.plan_block(state)  # decided before any of the block's drafts is drawn
+        n = state.plan(plan.want, chained)
         drafts, payload, seconds = await self.drafter.run(
-            self.draft.draft, state.context(), n, lambda: state.chain != chain or state.finished
+            self.draft.draft, state.context(), n, plan.codec, lambda: state.chain != chain or state.finished
         )
         self.metrics.draft_seconds.observe(seconds)
         state.stats.draft_seconds += seconds
         if state.chain != chain or not state.draftable:
             return False  # a verdict ended the chain while drafting: these drafts are void
         more = chained and not self.draft.ends_chain(drafts)
-        block = state.seal(drafts, payload, self.codec.spec, more)
+        block = state.seal(drafts, payload, plan.codec.spec, more)
         self.metrics.observe_sent(len(drafts), block.more)
-        await self._send_block(block)
+        wire_bytes = await self._send_block(block)
+        self.policy.observe_sent(block, seconds, wire_bytes)
         return True
 
-    async def _send_block(self, block: InFlight) -> None:
-        await self._send(Block(block.round, block.payload, more=block.more, chain=block.chain))
+    async def _send_block(self, block: InFlight) -> int:
+        """Write a sealed block (with its codec spec when that changes); returns its wire size."""
+        switch = block.codec if block.codec != self._wire_codec else None
+        self._wire_codec = block.codec
+        msg = Block(block.round, block.payload, more=block.more, chain=block.chain, codec=switch)
+        self._sent_at[block.round] = time.perf_counter()
+        return await self._send(msg)
 
     async def _sender(self) -> None:
         """Streamed rounds: keep up to pipeline_depth blocks of the current chain in flight."""
         state = self.state
         while not state.finished:
-            if not state.draftable or len(state.inflight) >= self.req.pipeline_depth:
+            if not state.draftable or len(state.inflight) >= self.policy.depth:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            await self._draft_and_send(self.req.draft_len, chained=True)
+            await self._draft_and_send(chained=True)
 
     async def rounds(self) -> AsyncIterator[RoundOutput]:
         assert self._call is not None, "start() first"
@@ -231,7 +245,7 @@ class SpeculativeGeneration(Generation):
         try:
             while True:
                 if sender is None:
-                    await self._draft_and_send(self.req.draft_len, chained=False)
+                    await self._draft_and_send(chained=False)
                 elif sender.done():
                     sender.result()  # surfaces the sender's failure
                     if not self.state.inflight:
@@ -264,8 +278,14 @@ class SpeculativeGeneration(Generation):
         return self._apply(reply, t0)
 
     def _apply(self, v: Verdict, t0: float) -> RoundOutput:
-        drafted = len(self.state.inflight[0].drafts) if self.state.inflight else 0
+        block = self.state.inflight[0] if self.state.inflight else None
+        drafted = len(block.drafts) if block is not None else 0
         applied = self.state.apply(v)
+        if block is not None:
+            waited = time.perf_counter() - self._sent_at.pop(block.round, t0)
+            self.policy.observe_verdict(block, v, waited)
+        if applied.chain_ended:  # void blocks never get a verdict
+            self._sent_at.clear()
         self._wake.set()
         self.metrics.observe_round(drafted, v.accepted, v.resampled, v.verify_seconds)
         self.metrics.observe_void(applied.void_blocks, applied.void_drafts)
