@@ -1,0 +1,275 @@
+"""PackedLM: one model forward over the new tokens of many sequences, each against its own KV cache."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
+
+from common.errors import ModelError
+from common.models.loading import LoadedModel
+
+# Registered attention implementations are named PREFIX + the model's own one ("sdpa", "eager", ...):
+# the packed function delegates every non-packed call (CachedLM's DynamicCache path) to that one.
+PREFIX = "draftlink_packed_"
+MIN_CAPACITY = 64  # tokens a SeqKV allocates at first; it doubles when full
+AttentionMode = Literal["segments", "gathered"]
+_MODES = ("segments", "gathered")
+
+
+class SeqKV:
+    """One sequence's KV cache inside the packed layer (per layer K/V storage, growable).
+
+    Storage is one tensor [layers, 2 (K/V), kv_heads, capacity, head_dim] on the model's device;
+    positions >= num_tokens are stale and get overwritten, so crop only moves the length.
+    """
+
+    def __init__(self, owner: PackedLM) -> None:
+        self.owner = owner
+        self.num_tokens = 0  # tokens held
+        self._kv: torch.Tensor | None = None
+
+    @property
+    def capacity(self) -> int:
+        """Tokens the storage holds before it must grow."""
+        return 0 if self._kv is None else int(self._kv.shape[3])
+
+    def crop(self, length: int) -> None:
+        """Roll back to the first ``length`` tokens (0 <= length <= num_tokens), O(1): no copy."""
+        if not 0 <= length <= self.num_tokens:
+            raise ModelError(f"cannot crop a cache of {self.num_tokens} tokens to {length}")
+        self.num_tokens = length
+
+    def reset(self) -> None:
+        """Drop every token and free the storage (start a new sequence)."""
+        self.num_tokens = 0
+        self._kv = None
+
+    def reserve(self, total: int, like: torch.Tensor) -> None:
+        """Room for ``total`` tokens (doubling), keeping the first num_tokens; like: [1, Hkv, T, D]."""
+        if total <= self.capacity:
+            return
+        cap = max(total, 2 * self.capacity, MIN_CAPACITY)
+        heads, dim = int(like.shape[1]), int(like.shape[3])
+        layers = self.owner.num_layers
+        grown = torch.empty(layers, 2, heads, cap, dim, dtype=like.dtype, device=like.device)
+        if self._kv is not None and self.num_tokens:
+            grown[:, :, :, : self.num_tokens] = self._kv[:, :, :, : self.num_tokens]
+        self._kv = grown
+
+    def write(self, layer: int, start: int, key: torch.Tensor, value: torch.Tensor) -> None:
+        """Store one layer's K/V ([Hkv, n, D] each) at positions start .. start + n - 1."""
+        assert self._kv is not None, "reserve() before write()"
+        n = int(key.shape[1])
+        self._kv[layer, 0, :, start : start + n] = key
+        self._kv[layer, 1, :, start : start + n] = value
+
+    def layer_kv(self, layer: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first ``length`` positions of one layer as ([1, Hkv, length, D], [1, Hkv, length, D]) views."""
+        assert self._kv is not None
+        return self._kv[layer, 0, :, :length].unsqueeze(0), self._kv[layer, 1, :, :length].unsqueeze(0)
+
+
+@dataclass(frozen=True)
+class _Segment:
+    seq: SeqKV
+    start: int  # offset of its first new token in the packed [1, T] batch
+    n: int  # new tokens
+    past: int  # tokens cached before this forward (= position of the first new token)
+
+
+class _Plan:
+    """One packed forward: handed to the model as its prepared mask AND as its cache.
+
+    As the cache, update() writes each segment's new K/V into its SeqKV; as the mask, the packed
+    attention function reads it to attend each segment's queries to its own stored K/V only.
+    """
+
+    def __init__(self, segments: list[_Segment], mode: AttentionMode, device: torch.device) -> None:
+        self.segments = segments
+        self.mode = mode
+        # bool [1, 1, n, past + n] offset-causal masks; None where sdpa needs none (one new token,
+        # or an empty past: plain causal)
+        self.masks = [_offset_causal(s.n, s.past, device) if s.n > 1 and s.past else None for s in segments]
+        self.gathered_mask = _block_mask(segments, device) if mode == "gathered" else None
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """key/value_states: [1, Hkv, T, D] for the packed tokens; each segment's slice is stored."""
+        for s in self.segments:
+            # grows at the first layer (all layers at once); the dtype is what the model computes in
+            s.seq.reserve(s.past + s.n, key_states)
+            end = s.start + s.n
+            s.seq.write(layer_idx, s.past, key_states[0, :, s.start : end], value_states[0, :, s.start : end])
+        return key_states, value_states
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        """Only asked when position_ids are missing, which never happens here."""
+        raise ModelError("a packed forward needs explicit position_ids")
+
+
+def _offset_causal(n: int, past: int, device: torch.device) -> torch.Tensor:
+    """[1, 1, n, past + n] bool: new token j (position past + j) sees positions <= past + j."""
+    keys = torch.arange(past + n, device=device)  # [S]
+    queries = past + torch.arange(n, device=device)  # [n]
+    return (keys[None, :] <= queries[:, None])[None, None]
+
+
+def _block_mask(segments: list[_Segment], device: torch.device) -> torch.Tensor:
+    """[1, 1, T, ΣS] bool over the concatenated K/V of all segments (the gathered alternative)."""
+    total_q = sum(s.n for s in segments)
+    total_k = sum(s.past + s.n for s in segments)
+    mask = torch.zeros(total_q, total_k, dtype=torch.bool, device=device)
+    k0 = 0
+    for s in segments:
+        mask[s.start : s.start + s.n, k0 : k0 + s.past + s.n] = _offset_causal(s.n, s.past, device)[0, 0]
+        k0 += s.past + s.n
+    return mask[None, None]
+
+
+def _segment_attention(module: Any, query: torch.Tensor, plan: _Plan, scaling: float | None) -> torch.Tensor:
+    """query [1, H, T, D] → [1, T, H, D]: each segment attends to its own sequence only."""
+    layer = int(module.layer_idx)
+    if plan.mode == "gathered":
+        # one sdpa over every segment's K/V concatenated, block-diagonal mask (copies the history)
+        keys, values = zip(*(s.seq.layer_kv(layer, s.past + s.n) for s in plan.segments), strict=True)
+        key, value = torch.cat(keys, dim=2), torch.cat(values, dim=2)  # [1, Hkv, ΣS, D]
+        out, _ = sdpa_attention_forward(module, query, key, value, plan.gathered_mask, scaling=scaling)
+        return out
+    outs = []
+    for s, mask in zip(plan.segments, plan.masks, strict=True):
+        key, value = s.seq.layer_kv(layer, s.past + s.n)  # [1, Hkv, past + n, D] views
+        q = query[:, :, s.start : s.start + s.n]  # [1, H, n, D]
+        out, _ = sdpa_attention_forward(module, q, key, value, mask, scaling=scaling)  # [1, n, H, D]
+        outs.append(out)
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
+
+
+def _make_attention(base: str) -> Callable[..., tuple[torch.Tensor, torch.Tensor | None]]:
+    """The registered attention function: packed plans here, everything else to ``base`` unchanged."""
+
+    def attention(
+        module: Any,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: Any,
+        scaling: float | None = None,
+        dropout: float = 0.0,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if isinstance(attention_mask, _Plan):
+            return _segment_attention(module, query, attention_mask, scaling), None
+        if base == "eager":
+            # the modeling file's own eager function (what its layers fall back to)
+            fn: Callable[..., Any] = sys.modules[type(module).__module__].eager_attention_forward
+        else:
+            fn = ALL_ATTENTION_FUNCTIONS[base]
+        result: tuple[torch.Tensor, torch.Tensor | None] = fn(
+            module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
+        )
+        return result
+
+    return attention
+
+
+def install(model: Any) -> str:
+    """Switch ``model`` to the packed attention (idempotent); returns the implementation name.
+
+    Why not a separate model copy: the same weights serve CachedLM and PackedLM, and every call
+    without a plan goes to the original implementation and its mask function, bit for bit.
+    """
+    base = str(model.config._attn_implementation)
+    if base.startswith(PREFIX):
+        return base
+    if base != "eager" and base not in ALL_ATTENTION_FUNCTIONS:
+        raise ModelError(f"cannot pack attention implementation {base!r}")
+    name = PREFIX + base
+    if name not in ALL_ATTENTION_FUNCTIONS:
+        AttentionInterface.register(name, _make_attention(base))
+        AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[base])
+    model.set_attn_implementation(name)
+    if model.config._attn_implementation != name:
+        raise ModelError(f"{type(model).__name__} does not take a custom attention implementation")
+    return name
+
+
+class PackedLM:
+    """Batched forwards over ragged sequences sharing one loaded model; not thread-safe (one thread)."""
+
+    def __init__(self, lm: LoadedModel, mode: AttentionMode = "segments") -> None:
+        if mode not in _MODES:
+            raise ModelError(f"unknown attention mode {mode!r}; known: {', '.join(_MODES)}")
+        config = lm.model.config
+        if any(t != "full_attention" for t in getattr(config, "layer_types", None) or ["full_attention"]):
+            raise ModelError("packed forwards support full-attention layers only (no sliding window)")
+        self.lm = lm
+        self.mode: AttentionMode = mode
+        self.num_layers = int(config.num_hidden_layers)
+        self.embed_rows = int(lm.model.get_input_embeddings().weight.shape[0])
+        self.device = torch.device(lm.device)
+        install(lm.model)
+
+    def new_seq(self) -> SeqKV:
+        """An empty sequence owned by this model."""
+        return SeqKV(self)
+
+    def forward(self, items: Sequence[tuple[SeqKV, Sequence[int], int]]) -> list[torch.Tensor]:
+        """Append each item's ids to its seq in ONE forward; per item the last ``rows`` logits.
+
+        item = (seq, new ids (>= 1), rows with 0 <= rows <= len(ids)); returns [rows, V] float32
+        CPU tensors. A seq appears at most once per call. On an exception no seq changes length.
+        """
+        if not items:
+            return []
+        segments, ids, keep = self._layout(items)
+        plan = _Plan(segments, self.mode, self.device)
+        positions = [s.past + j for s in segments for j in range(s.n)]
+        total_rows = len(keep)
+        # the lm_head runs on the wanted rows only: a long prefill never materialises [T, V]
+        index = torch.tensor(keep or [len(ids) - 1], dtype=torch.long, device=self.device)
+        with torch.inference_mode():
+            out = self.lm.model(
+                input_ids=torch.tensor([ids], dtype=torch.long, device=self.device),  # [1, T]
+                position_ids=torch.tensor([positions], dtype=torch.long, device=self.device),  # [1, T]
+                attention_mask={"full_attention": plan, "sliding_attention": plan},
+                cache=plan,
+                use_cache=True,
+                logits_to_keep=index,
+            )
+            # [1, R, V_padded] → [R, V]: drop embedding-padding ids the tokenizer never emits
+            logits = out.logits[0, :total_rows, : self.lm.vocab_size].float().cpu()
+        for s in segments:
+            s.seq.num_tokens = s.past + s.n
+        return list(torch.split(logits, [rows for _, _, rows in items]))
+
+    def _layout(
+        self, items: Sequence[tuple[SeqKV, Sequence[int], int]]
+    ) -> tuple[list[_Segment], list[int], list[int]]:
+        """Validate items → (segments, packed ids [T], packed indices of the wanted rows)."""
+        segments: list[_Segment] = []
+        ids: list[int] = []
+        keep: list[int] = []
+        seen: set[int] = set()
+        for seq, new_ids, rows in items:
+            n = len(new_ids)
+            if seq.owner is not self:
+                raise ModelError("a SeqKV from another PackedLM")
+            if id(seq) in seen:
+                raise ModelError("a sequence appears twice in one packed forward")
+            if n == 0 or not 0 <= rows <= n:
+                raise ModelError(f"bad packed item: {n} new ids, {rows} rows")
+            if min(new_ids) < 0 or max(new_ids) >= self.embed_rows:
+                raise ModelError(f"token id out of range [0, {self.embed_rows})")
+            seen.add(id(seq))
+            segments.append(_Segment(seq, len(ids), n, seq.num_tokens))
+            keep.extend(range(len(ids) + n - rows, len(ids) + n))
+            ids.extend(int(t) for t in new_ids)
+        return segments, ids, keep
