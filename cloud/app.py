@@ -16,15 +16,16 @@ from grpc_reflection.v1alpha import reflection
 
 import common
 from cloud.config import CloudConfig
-from cloud.metrics import CloudMetrics
+from cloud.metrics import CloudEngineObserver, CloudMetrics
 from cloud.servicer import ServingState, VerifierServicer
 from cloud.sessions import SessionManager
 from cloud.verifier import VerifierLimits, max_message_bytes
-from cloud.worker import ModelWorker
 from common.codec import BITSTREAM_VERSION, KIND_IDS
 from common.config import describe
 from common.metrics import MetricsServer, start_metrics_server
 from common.models import LoadedModel, load_model
+from common.models.engine import BatchEngine, BatchLimits
+from common.models.packed import PackedLM
 from common.protocol import FEATURES
 from common.rpc import convert as cv
 from common.rpc import pb, pb_grpc
@@ -48,7 +49,7 @@ def resolve_device(device: str) -> str:
 
 
 class CloudServer:
-    """Owns the grpc.aio server, the model worker, sessions and metrics of one cloud process."""
+    """Owns the grpc.aio server, the batch engine, sessions and metrics of one cloud process."""
 
     def __init__(self, cfg: CloudConfig, lm: LoadedModel | None = None) -> None:
         self.cfg = cfg
@@ -56,12 +57,10 @@ class CloudServer:
         self.limits = VerifierLimits(cfg.max_draft_len, cfg.max_prompt_tokens, cfg.max_new_tokens)
         self.state = ServingState(
             manager=SessionManager(cfg.max_sessions, self.metrics),
-            worker=ModelWorker(),
             metrics=self.metrics,
             limits=self.limits,
             idle_timeout=cfg.session_idle_timeout,
         )
-        self.state.worker.listeners.append(self.metrics.model_queue_depth.set)
         self._preloaded = lm
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
@@ -97,18 +96,23 @@ class CloudServer:
         return self.port
 
     async def load(self) -> LoadedModel:
-        """Load the model on the worker thread (the thread that will run it), then report SERVING."""
-        if self.cfg.torch_threads:  # process-wide; oversubscribed cores make OpenMP spin badly
-            torch.set_num_threads(self.cfg.torch_threads)
+        """Load the model, start the batch engine on it, then report SERVING."""
+        cfg = self.cfg
+        if cfg.torch_threads:  # oversubscribed cores make OpenMP spin badly
+            torch.set_num_threads(cfg.torch_threads)
         lm = self._preloaded
         if lm is None:
-            cfg = self.cfg
             device = resolve_device(cfg.device)
             start = time.perf_counter()
-            lm = await self.state.worker.run(
+            lm = await asyncio.to_thread(
                 lambda: load_model(cfg.model, device=device, dtype=cfg.dtype, fast_linear=cfg.fast_linear)
             )
             log.info("model %s loaded in %.1fs on %s", cfg.model, time.perf_counter() - start, device)
+        engine = BatchEngine(PackedLM(lm), self.batch_limits(), CloudEngineObserver(self.metrics))
+        if cfg.torch_threads:  # the engine thread runs every forward: set it there too
+            await engine.call(lambda: torch.set_num_threads(cfg.torch_threads))
+        self.metrics.model_queue_depth.set_function(lambda: engine.queued)
+        self.state.engine = engine
         if max_message_bytes(self.limits, lm.vocab_size) > self.max_message_bytes:
             log.warning(
                 "vocab %d: a full dense block exceeds the %d-byte message limit",
@@ -121,6 +125,12 @@ class CloudServer:
         for service in ("", VERIFIER_SERVICE):
             await self.health.set(service, SERVING)
         return lm
+
+    def batch_limits(self) -> BatchLimits:
+        c = self.cfg
+        return BatchLimits(
+            c.max_batch_tokens, c.max_batch_sessions, c.batch_wait_ms / 1000.0, c.prefill_chunk
+        )
 
     def _info(self, lm: LoadedModel) -> cv.ServerInfo:
         limits = cv.Limits(
@@ -149,7 +159,8 @@ class CloudServer:
         self.state.manager.drain()
         if self.server is not None:
             await self._drain(self.server, grace)
-        self.state.worker.close(wait=True)
+        if self.state.engine is not None:
+            await asyncio.to_thread(self.state.engine.close, True)  # after the current step
         if self.metrics_server is not None:
             self.metrics_server.close()
             self.metrics_server = None

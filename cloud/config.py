@@ -30,13 +30,25 @@ class CloudConfig:
     device: str = field("cpu", "cpu, cuda, or auto (device_map=auto over all GPUs)", choices=DEVICES)
     dtype: str = field("float32", "model weights dtype", choices=DTYPES)
     fast_linear: bool = field(False, "use the models package's fast linear kernels")
-    torch_threads: int = field(0, "torch intra-op threads for the model worker (0 = torch's default)")
+    torch_threads: int = field(0, "torch intra-op threads for the model engine (0 = torch's default)")
+    max_batch_tokens: int = field(2048, "tokens one batched target forward may carry")
+    max_batch_sessions: int = field(32, "sessions whose work one batched target forward may carry")
+    batch_wait_ms: float = field(1.0, "gather window: wait up to this long for more ready work (0 = never)")
+    prefill_chunk: int = field(512, "longest slice of one prompt's prefill in one forward (chunked prefill)")
     grace_period: float = field(10.0, "seconds in-flight streams get to finish on SIGTERM")
     log_level: str = field("INFO", "log level", choices=LOG_LEVELS)
 
     def validate(self) -> None:
         """Raise ConfigError for values the server cannot run with."""
-        positive = ("max_sessions", "max_draft_len", "max_prompt_tokens", "max_new_tokens")
+        positive = (
+            "max_sessions",
+            "max_draft_len",
+            "max_prompt_tokens",
+            "max_new_tokens",
+            "max_batch_tokens",
+            "max_batch_sessions",
+            "prefill_chunk",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -45,6 +57,8 @@ class CloudConfig:
                 raise ConfigError(f"{name} must be in [0, 65535], got {getattr(self, name)}")
         if not self.session_idle_timeout > 0:
             raise ConfigError(f"session_idle_timeout must be > 0, got {self.session_idle_timeout}")
+        if not 0.0 <= self.batch_wait_ms < 10_000.0:
+            raise ConfigError(f"batch_wait_ms must be in [0, 10000), got {self.batch_wait_ms}")
         if not self.grace_period >= 0:
             raise ConfigError(f"grace_period must be >= 0, got {self.grace_period}")
         if self.torch_threads < 0:

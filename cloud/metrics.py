@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from common.metrics import PREFIX, SpecDecodeMetrics, build_info, new_registry
+from common.metrics import (
+    PREFIX,
+    TOKENS_BUCKETS,
+    SpecDecodeMetrics,
+    build_info,
+    latency_histogram,
+    new_registry,
+)
+from common.models.engine import EngineObserver
+
+SESSION_BUCKETS: tuple[float, ...] = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128)
 
 OUTCOMES = ("finished", "closed", "cancelled", "error", "idle_timeout", "shutdown")
 
@@ -28,7 +38,27 @@ class CloudMetrics:
             registry=self.registry,
         )
         self.model_queue_depth = Gauge(
-            f"{PREFIX}model_queue_depth", "Model jobs queued or running on the worker", registry=self.registry
+            f"{PREFIX}model_queue_depth",
+            "Model jobs waiting or running on the batch engine",
+            registry=self.registry,
+        )
+        self.batch_sessions = Histogram(
+            f"{PREFIX}batch_sessions",
+            "Sessions whose work shared one target forward",
+            buckets=SESSION_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_tokens = Histogram(
+            f"{PREFIX}batch_tokens",
+            "Tokens in one target forward",
+            buckets=TOKENS_BUCKETS,
+            registry=self.registry,
+        )
+        self.forward_seconds = latency_histogram(
+            self.registry, "forward_seconds", "One batched target forward (all sessions in it)"
+        )
+        self.queue_wait_seconds = latency_histogram(
+            self.registry, "queue_wait_seconds", "Time a round waited before its first target forward"
         )
         self.generate_tokens = Counter(
             f"{PREFIX}generate_tokens", "Tokens produced by Generate (cloud-only)", registry=self.registry
@@ -41,3 +71,18 @@ class CloudMetrics:
         """Current value of a sample (tests, logs); 0 when absent."""
         got = self.registry.get_sample_value(name, labels or {})
         return 0.0 if got is None else float(got)
+
+
+class CloudEngineObserver(EngineObserver):
+    """The batch engine's hooks → the cloud's batching histograms (called on the engine thread)."""
+
+    def __init__(self, metrics: CloudMetrics) -> None:
+        self.metrics = metrics
+
+    def on_step(self, sessions: int, tokens: int, seconds: float) -> None:
+        self.metrics.batch_sessions.observe(sessions)
+        self.metrics.batch_tokens.observe(tokens)
+        self.metrics.forward_seconds.observe(seconds)
+
+    def on_first_forward(self, wait_seconds: float) -> None:
+        self.metrics.queue_wait_seconds.observe(wait_seconds)

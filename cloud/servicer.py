@@ -1,4 +1,4 @@
-"""draftlink.v1.Verifier over grpc.aio: converts messages, runs the core on the worker, maps errors."""
+"""draftlink.v1.Verifier over grpc.aio: converts messages, runs rounds on the batch engine, maps errors."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 
 import grpc
 
+from cloud.jobs import RoundJob
 from cloud.metrics import CloudMetrics
 from cloud.sessions import SessionEntry, SessionManager
 from cloud.verifier import (
@@ -20,9 +21,9 @@ from cloud.verifier import (
     check_sampling,
     open_codec,
 )
-from cloud.worker import ModelWorker
 from common.errors import ProtocolError, SessionTimeoutError, UnavailableError
 from common.models import LoadedModel
+from common.models.engine import BatchEngine
 from common.rpc import convert as cv
 from common.rpc import pb, pb_grpc
 from common.rpc.status import status_for
@@ -36,14 +37,14 @@ class ClientGoneError(Exception):
 
 @dataclass
 class ServingState:
-    """What the servicer needs; `lm` and `info` stay None until the model is loaded."""
+    """What the servicer needs; `lm`, `engine` and `info` stay None until the model is loaded."""
 
     manager: SessionManager
-    worker: ModelWorker
     metrics: CloudMetrics
     limits: VerifierLimits
     idle_timeout: float
     lm: LoadedModel | None = None
+    engine: BatchEngine | None = None
     info: cv.ServerInfo | None = None
 
 
@@ -105,7 +106,8 @@ class VerifierServicer(pb_grpc.VerifierServicer):
         check_sampling(req.sampling, limits)
         check_resume(req, lm.vocab_size)
         codec = open_codec(req, lm.fingerprint, lm.vocab_size)
-        return VerifySession(lm, req.sampling, req.prompt_token_ids, limits, codec, req.resume_token_ids)
+        seq = self._engine().model.new_seq()  # this session's KV cache inside the batched layer
+        return VerifySession(lm, req.sampling, req.prompt_token_ids, limits, codec, req.resume_token_ids, seq)
 
     async def _rounds(
         self, context: grpc.aio.ServicerContext, entry: SessionEntry, core: VerifySession
@@ -123,7 +125,7 @@ class VerifierServicer(pb_grpc.VerifierServicer):
             if isinstance(msg, cv.OpenRequest):
                 raise ProtocolError("the session is already open")
             self.state.metrics.spec.uplink_bytes.inc(len(msg.payload))  # counted even if it fails
-            result = await self.state.worker.run(core.verify_block, msg)
+            result = await self._engine().run(RoundJob(core, msg))
             if result is None:  # a void block (drafted past a rejection): dropped, no verdict
                 self.state.metrics.spec.void_blocks.inc()
                 continue
@@ -160,7 +162,8 @@ class VerifierServicer(pb_grpc.VerifierServicer):
             req = cv.generate_request_from_pb(request)
             check_prompt(req.prompt_token_ids, lm.vocab_size, self.state.limits)
             check_sampling(req.sampling, self.state.limits)
-            core = VerifySession(lm, req.sampling, req.prompt_token_ids, self.state.limits)
+            seq = self._engine().model.new_seq()
+            core = VerifySession(lm, req.sampling, req.prompt_token_ids, self.state.limits, cache=seq)
             entry = self.state.manager.acquire("generate", req.request_id)
             entry.core = core
             await self._generate(context, core)
@@ -177,9 +180,11 @@ class VerifierServicer(pb_grpc.VerifierServicer):
             await self._abort(context, error)
 
     async def _generate(self, context: grpc.aio.ServicerContext, core: VerifySession) -> None:
-        """One worker job per token (fair with other sessions); stream each token as it comes."""
+        """One engine job per token (batched with other sessions); stream each token as it comes."""
         while not core.finished:
-            v = (await self.state.worker.run(core.step)).verdict
+            outcome = await self._engine().run(RoundJob(core, None))
+            assert outcome is not None
+            v = outcome.verdict
             tokens = () if v.next_token is None else (v.next_token,)
             self.state.metrics.generate_tokens.inc(len(tokens))
             chunk = cv.GenerateChunk(tokens, v.finished, v.finish_reason)
@@ -191,6 +196,11 @@ class VerifierServicer(pb_grpc.VerifierServicer):
         if self.state.lm is None:
             raise UnavailableError("model is still loading")
         return self.state.lm
+
+    def _engine(self) -> BatchEngine:
+        if self.state.engine is None:
+            raise UnavailableError("model is still loading")
+        return self.state.engine
 
     async def _read(self, context: grpc.aio.ServicerContext) -> cv.SessionMessage | None:
         """The next client message (None at half-close); SessionTimeoutError when idle too long."""

@@ -1,6 +1,7 @@
 """The verifier core, free of gRPC: validate an open, verify draft blocks, generate autoregressively.
 
-Everything here is synchronous and runs on the model worker thread; one object per session.
+Everything here is synchronous; in the service a round's prepare/finish run on the batch engine's
+thread around a batched target forward. One object per session.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -141,28 +143,55 @@ def decode_block(codec: Codec, payload: bytes, vocab_size: int, max_draft_len: i
 # ── the target's committed sequence and KV cache ───────────────────────────────────────────────
 
 
-class TargetCache:
-    """Committed tokens (prompt + output) and a KV cache holding all but the last one(s)."""
+class KVCache(Protocol):
+    """What the verifier needs of a KV cache: its length and rollback (CachedLM and SeqKV have both)."""
 
-    def __init__(self, lm: LoadedModel, prompt: Sequence[int], prefill_chunk: int = PREFILL_CHUNK) -> None:
+    @property
+    def num_tokens(self) -> int: ...
+
+    def crop(self, length: int) -> None: ...
+
+
+class TargetCache:
+    """Committed tokens (prompt + output) and a KV cache holding all but the last one.
+
+    The cache is the batch engine's SeqKV in the service, or a CachedLM of its own for
+    synchronous use (tests, the in-process benchmark reference), which `forward` needs.
+    """
+
+    def __init__(
+        self,
+        lm: LoadedModel,
+        prompt: Sequence[int],
+        prefill_chunk: int = PREFILL_CHUNK,
+        cache: KVCache | None = None,
+    ) -> None:
         self.lm = lm
-        self.cache = CachedLM(lm)
+        self.cache: KVCache = cache if cache is not None else CachedLM(lm)
         self.tokens: list[int] = list(prompt)
         self.prefill_chunk = prefill_chunk
+
+    def pending(self) -> list[int]:
+        """Committed tokens not in the cache yet (never empty: the last token is uncached)."""
+        pending = self.tokens[self.cache.num_tokens :]
+        assert pending, "forward after a finished commit"
+        return pending
 
     def forward(self, extra: Sequence[int]) -> np.ndarray:
         """Logits predicting the token after the committed sequence and after each of `extra`.
 
         Returns [len(extra) + 1, V] float32. Afterwards the cache holds tokens + extra.
+        Synchronous path (needs a CachedLM); the service feeds the batch engine instead.
         """
-        pending = self.tokens[self.cache.num_tokens :]  # never empty: the last token is uncached
-        assert pending, "forward() after a finished commit"
+        cache = self.cache
+        assert isinstance(cache, CachedLM), "forward() needs the synchronous CachedLM path"
+        pending = self.pending()
         # prefill the long part of the prompt in chunks (the first round only); logits dropped
         while len(pending) > 1 and len(pending) - 1 + len(extra) > self.prefill_chunk:
             n = min(self.prefill_chunk, len(pending) - 1)  # keep the last token for the scored rows
-            self.cache.extend(pending[:n])
+            cache.extend(pending[:n])
             pending = pending[n:]
-        logits = self.cache.extend([*pending, *extra])  # [len(pending) + len(extra), V]
+        logits = cache.extend([*pending, *extra])  # [len(pending) + len(extra), V]
         rows = logits[len(pending) - 1 :]  # [len(extra) + 1, V]
         return np.ascontiguousarray(rows.numpy(), dtype=np.float32)
 
@@ -176,7 +205,7 @@ class TargetCache:
         self.tokens.extend(accepted)
         if next_token is not None:
             self.tokens.append(next_token)
-        self.cache.crop(min(keep, len(self.tokens) - 1))
+        self.cache.crop(min(keep, self.cache.num_tokens, len(self.tokens) - 1))
 
 
 # ── one session ────────────────────────────────────────────────────────────────────────────────
@@ -191,9 +220,23 @@ class RoundOutcome:
     raw_accepted: int  # accepted by the rule, before stop/length truncation
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A validated, decoded round waiting for its target forward."""
+
+    round: int
+    drafts: list[Draft]
+    more: bool  # no bonus token when every draft is accepted (a continuation follows)
+    chain: int | None
+    start: float  # perf_counter when the round began (verify_seconds counts from here)
+
+
 class VerifySession:
     """One generation on the target: verify blocks (speculative) or step (autoregressive).
 
+    A round is prepare (validate, decode) → the target forward over `feed()` → finish (verify,
+    truncate, roll back): the service runs the forward on the batch engine, together with other
+    sessions' rounds; `verify_block` / `step` run all three synchronously on a CachedLM.
     Randomness is keyed by (seed, absolute position): the acceptance test and the residual or
     bonus draw at position m come from verifier_rng(seed, m), whatever the block boundaries, so a
     resumed or differently streamed session of a seeded request draws the same uniforms.
@@ -210,13 +253,14 @@ class VerifySession:
         limits: VerifierLimits,
         codec: Codec | None = None,
         resume: Sequence[int] = (),
+        cache: KVCache | None = None,
     ) -> None:
         self.lm = lm
         self.params = params
         self.limits = limits
         self.codec = codec
         self.seed = params.seed if params.seed is not None else fresh_seed()
-        self.target = TargetCache(lm, [*prompt, *resume])
+        self.target = TargetCache(lm, [*prompt, *resume], cache=cache)
         self.prompt_tokens = len(prompt)
         self.round = 0  # next expected DraftBlock round (Generate: steps taken)
         self.finish_reason: FinishReason | None = None
@@ -236,11 +280,9 @@ class VerifySession:
     def output_tokens(self) -> list[int]:
         return self.target.tokens[self.prompt_tokens :]
 
-    def verify_block(self, block: Block) -> RoundOutcome | None:
-        """Decode one DraftBlock, run one target forward over it, verify, roll the cache back.
-
-        None when the block is void (its chain already ended): dropped without a verdict.
-        """
+    # ── a round in three steps ─────────────────────────────────────────────────────────────────
+    def prepare(self, block: Block) -> Prepared | None:
+        """Validate and decode a DraftBlock; None when it is void (its chain already ended)."""
         start = time.perf_counter()
         if self.codec is None:
             raise ProtocolError("this session takes no draft blocks")
@@ -258,24 +300,30 @@ class VerifySession:
         if block.codec is not None:
             self.codec = make_session_codec(block.codec, self.lm.vocab_size)
         drafts = decode_block(self.codec, block.payload, self.lm.vocab_size, self.limits.max_draft_len)
-        return self._round(block.round, drafts, start, more=block.more and bool(drafts), chain=chain)
+        return Prepared(block.round, drafts, block.more and bool(drafts), chain, start)
 
-    def step(self) -> RoundOutcome:
-        """One autoregressive token (a round with no drafts: the bonus draw from p)."""
+    def prepare_step(self) -> Prepared:
+        """One autoregressive token: a round with no drafts (the bonus draw from p)."""
         if self.finished:
             raise ProtocolError("the generation is already finished")
         self.round += 1
-        return self._round(self.round - 1, [], time.perf_counter(), more=False, chain=None)
+        return Prepared(self.round - 1, [], False, None, time.perf_counter())
 
-    def _round(
-        self, round_no: int, drafts: list[Draft], start: float, more: bool, chain: int | None
+    def feed(self, prep: Prepared) -> tuple[list[int], int]:
+        """What the target forward takes: (pending + draft tokens, rows wanted = L + 1)."""
+        return [*self.target.pending(), *(d.token for d in prep.drafts)], len(prep.drafts) + 1
+
+    def finish(
+        self, prep: Prepared, logits: np.ndarray, queue_seconds: float = 0.0, batch_size: int = 1
     ) -> RoundOutcome:
-        tokens = [d.token for d in drafts]
+        """Verify against the target's logits [L+1, V] float32, truncate, roll the cache back."""
+        drafts, tokens = prep.drafts, [d.token for d in prep.drafts]
         base = len(self.target.tokens)  # absolute position of the first draft
-        logits = self.target.forward(tokens)  # [L+1, V] float32
         p = probs_from_logits(logits, self.params.temperature, self.params.top_p)  # [L+1, V] float64
         seed = self.seed
-        raw_accepted, next_token = verify(drafts, p, lambda n: verifier_rng(seed, base + n), bonus=not more)
+        raw_accepted, next_token = verify(
+            drafts, p, lambda n: verifier_rng(seed, base + n), bonus=not prep.more
+        )
         output = tokens[:raw_accepted] if next_token is None else [*tokens[:raw_accepted], next_token]
         kept, reason = truncate_output(output, self.generated, self.params)
         accepted = min(raw_accepted, kept)
@@ -283,22 +331,37 @@ class VerifySession:
         self.target.commit(tokens[:accepted], nxt)
         self.finish_reason = reason
         ended = nxt is not None or reason is not None
-        self.open_chain = None if ended else chain
-        if ended and chain is not None:
-            self.ended_chain = chain
+        self.open_chain = None if ended else prep.chain
+        if ended and prep.chain is not None:
+            self.ended_chain = prep.chain
         verdict = Verdict(
-            round=round_no,
+            round=prep.round,
             accepted=accepted,
             next_token=nxt,
             finished=reason is not None,
             finish_reason=reason,
-            verify_seconds=time.perf_counter() - start,
+            verify_seconds=time.perf_counter() - prep.start,
             resampled=nxt is not None and raw_accepted < len(drafts),
-            chain=chain or 0,
+            chain=prep.chain or 0,
+            queue_seconds=queue_seconds,
+            batch_size=batch_size,
             void_blocks=self.void_blocks,
         )
         self.void_blocks = 0
         return RoundOutcome(verdict=verdict, drafted=len(drafts), raw_accepted=raw_accepted)
+
+    # ── synchronous rounds (own CachedLM) ──────────────────────────────────────────────────────
+    def verify_block(self, block: Block) -> RoundOutcome | None:
+        """prepare → one target forward → finish; None when the block is void."""
+        prep = self.prepare(block)
+        if prep is None:
+            return None
+        return self.finish(prep, self.target.forward([d.token for d in prep.drafts]))
+
+    def step(self) -> RoundOutcome:
+        """One autoregressive token, synchronously."""
+        prep = self.prepare_step()
+        return self.finish(prep, self.target.forward([]))
 
 
 def max_message_bytes(limits: VerifierLimits, vocab_size: int) -> int:

@@ -13,6 +13,7 @@ import uvicorn
 
 from common.config import describe
 from common.models import LoadedModel, check_compatible, load_model
+from common.models.engine import BatchLimits
 from common.rpc.convert import ServerInfo
 from edge.client import CloudClient, StartupError, make_channel
 from edge.config import EdgeConfig
@@ -72,7 +73,12 @@ async def start_service(cfg: EdgeConfig) -> EdgeService:
         info.limits,
     )
     metrics = EdgeMetrics(model=cfg.model)
-    return EdgeService(cfg, Drafter(lm), client, info, metrics)
+    # concurrent requests draft together: one forward per step over every ready request's block
+    limits = BatchLimits(max_batch_sessions=max(1, cfg.max_concurrency), batch_wait_s=0.0)
+    drafter = Drafter(lm, limits)
+    if cfg.threads > 0:  # the engine thread runs every drafter forward: set it there too
+        await drafter.engine.call(lambda: torch.set_num_threads(cfg.threads))
+    return EdgeService(cfg, drafter, client, info, metrics)
 
 
 async def serve(cfg: EdgeConfig) -> None:

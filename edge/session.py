@@ -207,8 +207,8 @@ class SpeculativeGeneration(Generation):
         state, chain = self.state, self.state.chain
         plan = self.policy.plan_block(state)  # decided before any of the block's drafts is drawn
         n = state.plan(plan.want, chained)
-        drafts, payload, seconds = await self.drafter.run(
-            self.draft.draft, state.context(), n, plan.codec, lambda: state.chain != chain or state.finished
+        drafts, payload, seconds = await self.drafter.draft(
+            self.draft, state.context(), n, plan.codec, lambda: state.chain != chain or state.finished
         )
         self.metrics.draft_seconds.observe(seconds)
         state.stats.draft_seconds += seconds

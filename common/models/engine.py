@@ -53,6 +53,9 @@ class Job(ABC):
     def result(self) -> Any:
         """What the awaiting coroutine gets once next_work returned None."""
 
+    def on_forward(self, sessions: int, started: float) -> None:  # noqa: B027 - optional hook
+        """The job's work is in a forward of `sessions` jobs that began at perf_counter `started`."""
+
 
 @dataclass(frozen=True)
 class BatchLimits:
@@ -284,6 +287,9 @@ class BatchEngine:
             wanted_from = len(tokens) - entry.work.rows  # rows are the work's last tokens
             items.append((entry.job.seq, tokens[a:b], max(0, b - max(a, wanted_from))))
         start = time.perf_counter()
+        for entry in batch:
+            with contextlib.suppress(Exception):  # a hook never breaks the step
+                entry.job.on_forward(len(batch), start)
         try:
             logits = self.model.forward(items)
         except Exception as exc:

@@ -335,16 +335,18 @@ def test_client_cancels_after_open(channel: grpc.Channel, server: ServerThread) 
 
 
 def test_client_vanishes_while_its_round_is_queued(channel: grpc.Channel, server: ServerThread) -> None:
-    """Block the model worker, queue a round, drop the whole channel: the session is released."""
+    """Block the model engine, queue a round, drop the whole channel: the session is released."""
     cancelled = server.server.metrics.value("draftlink_sessions_total", {"outcome": "cancelled"})
     gate = threading.Event()
-    blocker = asyncio.run_coroutine_threadsafe(server.server.state.worker.run(gate.wait), server.loop)
+    engine = server.server.state.engine
+    assert engine is not None
+    blocker = asyncio.run_coroutine_threadsafe(engine.call(gate.wait), server.loop)
     try:
         with grpc.insecure_channel(server.address) as ch:
             s = SyncSession(ch)
             s.open(open_req(server.lm))
             s.send(cv.Block(0, valid_ksqs(server.lm.vocab_size)))
-            assert server.wait_queued(2)  # the blocker runs, the round waits behind it
+            assert server.wait_queued(1)  # the blocker runs, the round waits behind it
         assert server.wait_live(0)  # released while its job was still queued behind the blocker
         assert (
             server.server.metrics.value("draftlink_sessions_total", {"outcome": "cancelled"}) == cancelled + 1

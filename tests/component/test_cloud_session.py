@@ -174,7 +174,7 @@ def test_zero_draft_blocks_decode_autoregressively(channel: grpc.Channel, server
 
 
 def test_concurrent_sessions_are_isolated(channel: grpc.Channel, server: ServerThread, drafters) -> None:
-    """Six sessions at once over one model worker: each still equals its own greedy reference."""
+    """Six sessions at once over one batch engine: each still equals its own greedy reference."""
     prompts = [(i + 3, 2 * i + 100, 7, 1000 + i) for i in range(6)]
     results: dict[int, list[int]] = {}
     errors: list[BaseException] = []

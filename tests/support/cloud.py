@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import queue
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
@@ -45,9 +47,7 @@ class ServerThread:
         self._thread = threading.Thread(target=self.loop.run_forever, name="cloud-test-loop", daemon=True)
         self._cond = threading.Condition()
         self._live = 0
-        self._queued = 0
         self.server.state.manager.add_listener(self._on_live)
-        self.server.state.worker.listeners.append(self._on_queued)
 
     @property
     def port(self) -> int:
@@ -85,15 +85,28 @@ class ServerThread:
             self._live = count
             self._cond.notify_all()
 
-    def _on_queued(self, depth: int) -> None:
-        with self._cond:
-            self._queued = depth
-            self._cond.notify_all()
+    @contextlib.contextmanager
+    def engine_held(self) -> Iterator[None]:
+        """Hold the batch engine between steps: rounds queue up and share the next forward on exit."""
+        engine = self.server.state.engine
+        assert engine is not None, "load() first"
+        gate = threading.Event()
+        blocker = asyncio.run_coroutine_threadsafe(engine.call(gate.wait), self.loop)
+        try:
+            yield
+        finally:
+            gate.set()
+            blocker.result(30)
 
     def wait_queued(self, depth: int, timeout: float = 10.0) -> bool:
-        """Block until the model worker holds exactly `depth` jobs (queued + running)."""
-        with self._cond:
-            return self._cond.wait_for(lambda: self._queued == depth, timeout)
+        """Block until the batch engine holds exactly `depth` jobs (waiting + running)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            engine = self.server.state.engine
+            if engine is not None and engine.queued == depth:
+                return True
+            time.sleep(0.005)
+        return False
 
     def wait_live(self, count: int, timeout: float = 10.0) -> bool:
         """Block until the live-session count equals `count` (event-driven, no polling)."""
