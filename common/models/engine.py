@@ -134,6 +134,7 @@ class BatchEngine:
         self._inbox: list[_Entry] = []  # submitted, next_work not yet asked (guarded by _cond)
         self._calls: list[tuple[Callable[[], Any], ThreadFuture[Any]]] = []  # guarded by _cond
         self._ready: collections.deque[_Entry] = collections.deque()  # engine thread only
+        self._running: list[_Entry] = []  # the step in progress (engine thread only)
         self._count = 0  # jobs submitted and not finished (guarded by _cond)
         self._closed = False
         self._thread = threading.Thread(target=self._main, name="model-engine", daemon=True)
@@ -191,6 +192,16 @@ class BatchEngine:
     # ── engine thread ──────────────────────────────────────────────────────────────────────────
 
     def _main(self) -> None:
+        try:
+            self._serve()
+        except Exception:  # a bug here must not leave callers awaiting forever
+            log.exception("model engine thread failed")
+        finally:
+            with self._cond:
+                self._closed = True
+            self._shutdown()
+
+    def _serve(self) -> None:
         while True:
             with self._cond:
                 while not (self._closed or self._inbox or self._calls or self._ready):
@@ -204,10 +215,10 @@ class BatchEngine:
             self._gather()
             if self._stopping():  # close() during a call or the gather window: no further step
                 break
-            batch = self._select()
-            if batch:
-                self._step(batch)
-        self._shutdown()
+            self._running = self._select()
+            if self._running:
+                self._step(self._running)
+            self._running = []
 
     def _stopping(self) -> bool:
         with self._cond:
@@ -376,12 +387,14 @@ class BatchEngine:
 
     def _shutdown(self) -> None:
         with self._cond:
-            entries = [*self._inbox, *self._ready]
-            calls, self._calls, self._inbox = self._calls, [], []
+            entries = [*self._inbox, *self._ready, *self._running]
+            calls, self._calls, self._inbox, self._running = self._calls, [], [], []
             self._ready.clear()
             for entry in entries:
                 self._finish(entry)
         for entry in entries:
+            if entry.released is not None:
+                _resolve_released(entry.released, entry.loop)
             _resolve(entry, error=EngineClosedError("the model engine was closed"))
         for _, future in calls:
             if future.set_running_or_notify_cancel():

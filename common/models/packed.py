@@ -91,13 +91,19 @@ class _Plan:
     attention function reads it to attend each segment's queries to its own stored K/V only.
     """
 
-    def __init__(self, segments: list[_Segment], mode: AttentionMode, device: torch.device) -> None:
+    def __init__(
+        self, segments: list[_Segment], mode: AttentionMode, groups: int, device: torch.device
+    ) -> None:
         self.segments = segments
         self.mode = mode
-        # bool [1, 1, n, past + n] offset-causal masks; None where sdpa needs none (one new token,
-        # or an empty past: plain causal)
-        self.masks = [_offset_causal(s.n, s.past, device) if s.n > 1 and s.past else None for s in segments]
-        self.gathered_mask = _block_mask(segments, device) if mode == "gathered" else None
+        self.groups = groups  # query heads per KV head (GQA)
+        # per segment: None where sdpa needs no mask (one new token, or an empty past: plain
+        # causal), else the offset-causal mask with rows repeated per query head of a KV group
+        self.masks = [
+            _grouped(_offset_causal(s.n, s.past, device), groups) if s.n > 1 and s.past else None
+            for s in segments
+        ]
+        self.gathered_mask = _grouped(_block_mask(segments, device), groups) if mode == "gathered" else None
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
@@ -116,22 +122,43 @@ class _Plan:
 
 
 def _offset_causal(n: int, past: int, device: torch.device) -> torch.Tensor:
-    """[1, 1, n, past + n] bool: new token j (position past + j) sees positions <= past + j."""
+    """[n, past + n] bool: new token j (position past + j) sees positions <= past + j."""
     keys = torch.arange(past + n, device=device)  # [S]
     queries = past + torch.arange(n, device=device)  # [n]
-    return (keys[None, :] <= queries[:, None])[None, None]
+    return keys[None, :] <= queries[:, None]
 
 
 def _block_mask(segments: list[_Segment], device: torch.device) -> torch.Tensor:
-    """[1, 1, T, ΣS] bool over the concatenated K/V of all segments (the gathered alternative)."""
+    """[T, ΣS] bool over the concatenated K/V of all segments (the gathered alternative)."""
     total_q = sum(s.n for s in segments)
     total_k = sum(s.past + s.n for s in segments)
     mask = torch.zeros(total_q, total_k, dtype=torch.bool, device=device)
     k0 = 0
     for s in segments:
-        mask[s.start : s.start + s.n, k0 : k0 + s.past + s.n] = _offset_causal(s.n, s.past, device)[0, 0]
+        mask[s.start : s.start + s.n, k0 : k0 + s.past + s.n] = _offset_causal(s.n, s.past, device)
         k0 += s.past + s.n
-    return mask[None, None]
+    return mask
+
+
+def _grouped(mask: torch.Tensor, groups: int) -> torch.Tensor:
+    """[n, S] → [1, 1, groups·n, S]: the rows of the grouped query layout of _masked_attention."""
+    return mask.repeat(groups, 1)[None, None]
+
+
+def _masked_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor, scaling: float | None
+) -> torch.Tensor:
+    """query [1, H, n, D], key/value [1, Hkv, S, D], mask [1, 1, (H/Hkv)·n, S] → [1, n, H, D].
+
+    GQA without copying K/V: the H/Hkv query heads sharing a KV head are stacked along the query
+    axis ([1, Hkv, (H/Hkv)·n, D]), so plain sdpa runs on the stored K/V as they are (transformers'
+    sdpa path would repeat_kv the whole history for a masked multi-token query: ~3× slower here).
+    """
+    _, heads, n, dim = query.shape
+    kv_heads = key.shape[1]
+    grouped = query.reshape(1, kv_heads, (heads // kv_heads) * n, dim)  # head h = g·groups + r
+    out = torch.nn.functional.scaled_dot_product_attention(grouped, key, value, attn_mask=mask, scale=scaling)
+    return out.reshape(1, heads, n, dim).transpose(1, 2)  # [1, n, H, D]
 
 
 def _segment_attention(module: Any, query: torch.Tensor, plan: _Plan, scaling: float | None) -> torch.Tensor:
@@ -141,13 +168,16 @@ def _segment_attention(module: Any, query: torch.Tensor, plan: _Plan, scaling: f
         # one sdpa over every segment's K/V concatenated, block-diagonal mask (copies the history)
         keys, values = zip(*(s.seq.layer_kv(layer, s.past + s.n) for s in plan.segments), strict=True)
         key, value = torch.cat(keys, dim=2), torch.cat(values, dim=2)  # [1, Hkv, ΣS, D]
-        out, _ = sdpa_attention_forward(module, query, key, value, plan.gathered_mask, scaling=scaling)
-        return out
+        assert plan.gathered_mask is not None
+        return _masked_attention(query, key, value, plan.gathered_mask, scaling)
     outs = []
     for s, mask in zip(plan.segments, plan.masks, strict=True):
         key, value = s.seq.layer_kv(layer, s.past + s.n)  # [1, Hkv, past + n, D] views
         q = query[:, :, s.start : s.start + s.n]  # [1, H, n, D]
-        out, _ = sdpa_attention_forward(module, q, key, value, mask, scaling=scaling)  # [1, n, H, D]
+        if mask is None:  # decode step or fresh prompt: transformers' own sdpa call (GQA, causal)
+            out, _ = sdpa_attention_forward(module, q, key, value, None, scaling=scaling)  # [1, n, H, D]
+        else:
+            out = _masked_attention(q, key, value, mask, scaling)
         outs.append(out)
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
 
@@ -213,6 +243,7 @@ class PackedLM:
         self.lm = lm
         self.mode: AttentionMode = mode
         self.num_layers = int(config.num_hidden_layers)
+        self.groups = int(config.num_attention_heads) // int(config.num_key_value_heads)
         self.embed_rows = int(lm.model.get_input_embeddings().weight.shape[0])
         self.device = torch.device(lm.device)
         install(lm.model)
@@ -230,7 +261,7 @@ class PackedLM:
         if not items:
             return []
         segments, ids, keep = self._layout(items)
-        plan = _Plan(segments, self.mode, self.device)
+        plan = _Plan(segments, self.mode, self.groups, self.device)
         positions = [s.past + j for s in segments for j in range(s.n)]
         total_rows = len(keep)
         # the lm_head runs on the wanted rows only: a long prefill never materialises [T, V]

@@ -317,6 +317,28 @@ async def test_close_fails_pending_work_and_stops() -> None:
     engine.close()  # twice is fine
 
 
+async def test_internal_error_fails_jobs_instead_of_hanging(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = FakeLM()
+    engine = BatchEngine(model, limits())
+    release, hold = await held(engine)
+
+    def broken() -> list[object]:
+        raise RuntimeError("scheduler bug")
+
+    monkeypatch.setattr(engine, "_select", broken)
+    task = asyncio.create_task(engine.run(ScriptJob(model.new_seq(), [Work([1], 1)])))
+    await asyncio.sleep(0.05)
+    release.set()
+    await hold
+    with pytest.raises(EngineClosedError):
+        await task
+    await asyncio.to_thread(engine._thread.join, 30)
+    assert not engine._thread.is_alive()
+    assert engine.queued == 0
+    with pytest.raises(EngineClosedError):
+        await engine.run(ScriptJob(model.new_seq(), []))
+
+
 def test_bad_limits() -> None:
     for kw in (
         {"max_batch_tokens": 0},
