@@ -26,19 +26,20 @@ _MODES = ("segments", "gathered")
 class SeqKV:
     """One sequence's KV cache inside the packed layer (per layer K/V storage, growable).
 
-    Storage is one tensor [layers, 2 (K/V), kv_heads, capacity, head_dim] on the model's device;
-    positions >= num_tokens are stale and get overwritten, so crop only moves the length.
+    Storage is one tensor per layer, [2 (K/V), kv_heads, capacity, head_dim], on that layer's
+    device (a model spread over several GPUs keeps each layer's cache beside it); positions >=
+    num_tokens are stale and get overwritten, so crop only moves the length.
     """
 
     def __init__(self, owner: PackedLM) -> None:
         self.owner = owner
         self.num_tokens = 0  # tokens held
-        self._kv: torch.Tensor | None = None
+        self._kv: dict[int, torch.Tensor] = {}  # layer → [2, Hkv, capacity, D]
 
     @property
     def capacity(self) -> int:
-        """Tokens the storage holds before it must grow."""
-        return 0 if self._kv is None else int(self._kv.shape[3])
+        """Tokens every layer's storage holds before it must grow."""
+        return min((int(kv.shape[2]) for kv in self._kv.values()), default=0)
 
     def crop(self, length: int) -> None:
         """Roll back to the first ``length`` tokens (0 <= length <= num_tokens), O(1): no copy."""
@@ -49,31 +50,36 @@ class SeqKV:
     def reset(self) -> None:
         """Drop every token and free the storage (start a new sequence)."""
         self.num_tokens = 0
-        self._kv = None
+        self._kv = {}
 
-    def reserve(self, total: int, like: torch.Tensor) -> None:
-        """Room for ``total`` tokens (doubling), keeping the first num_tokens; like: [1, Hkv, T, D]."""
-        if total <= self.capacity:
+    def reserve(self, layer: int, total: int, like: torch.Tensor) -> None:
+        """Room for ``total`` tokens in one layer (doubling), keeping the first num_tokens.
+
+        like: that layer's [1, Hkv, T, D] key states (dtype and device of the storage).
+        """
+        old = self._kv.get(layer)
+        have = 0 if old is None else int(old.shape[2])
+        if total <= have:
             return
-        cap = max(total, 2 * self.capacity, MIN_CAPACITY)
+        cap = max(total, 2 * have, MIN_CAPACITY)
         heads, dim = int(like.shape[1]), int(like.shape[3])
-        layers = self.owner.num_layers
-        grown = torch.empty(layers, 2, heads, cap, dim, dtype=like.dtype, device=like.device)
-        if self._kv is not None and self.num_tokens:
-            grown[:, :, :, : self.num_tokens] = self._kv[:, :, :, : self.num_tokens]
-        self._kv = grown
+        grown = torch.empty(2, heads, cap, dim, dtype=like.dtype, device=like.device)
+        if old is not None and self.num_tokens:
+            grown[:, :, : self.num_tokens] = old[:, :, : self.num_tokens]
+        self._kv[layer] = grown
 
     def write(self, layer: int, start: int, key: torch.Tensor, value: torch.Tensor) -> None:
         """Store one layer's K/V ([Hkv, n, D] each) at positions start .. start + n - 1."""
-        assert self._kv is not None, "reserve() before write()"
+        kv = self._kv.get(layer)
+        assert kv is not None, "reserve() before write()"
         n = int(key.shape[1])
-        self._kv[layer, 0, :, start : start + n] = key
-        self._kv[layer, 1, :, start : start + n] = value
+        kv[0, :, start : start + n] = key
+        kv[1, :, start : start + n] = value
 
     def layer_kv(self, layer: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The first ``length`` positions of one layer as ([1, Hkv, length, D], [1, Hkv, length, D]) views."""
-        assert self._kv is not None
-        return self._kv[layer, 0, :, :length].unsqueeze(0), self._kv[layer, 1, :, :length].unsqueeze(0)
+        kv = self._kv[layer]
+        return kv[0, :, :length].unsqueeze(0), kv[1, :, :length].unsqueeze(0)
 
 
 @dataclass(frozen=True)
@@ -110,8 +116,8 @@ class _Plan:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """key/value_states: [1, Hkv, T, D] for the packed tokens; each segment's slice is stored."""
         for s in self.segments:
-            # grows at the first layer (all layers at once); the dtype is what the model computes in
-            s.seq.reserve(s.past + s.n, key_states)
+            # the dtype and device are what this layer computes in and lives on
+            s.seq.reserve(layer_idx, s.past + s.n, key_states)
             end = s.start + s.n
             s.seq.write(layer_idx, s.past, key_states[0, :, s.start : end], value_states[0, :, s.start : end])
         return key_states, value_states
@@ -156,6 +162,7 @@ def _masked_attention(
     """
     _, heads, n, dim = query.shape
     kv_heads = key.shape[1]
+    mask = mask.to(query.device)  # no-op on one device; a layer on another GPU needs its own copy
     grouped = query.reshape(1, kv_heads, (heads // kv_heads) * n, dim)  # head h = g·groups + r
     out = torch.nn.functional.scaled_dot_product_attention(grouped, key, value, attn_mask=mask, scale=scaling)
     return out.reshape(1, heads, n, dim).transpose(1, 2)  # [1, n, H, D]
@@ -231,6 +238,15 @@ def install(model: Any) -> str:
     return name
 
 
+def _device_of(module: Any, default: str | torch.device) -> torch.device:
+    """The device of a module's weight (a model spread with device_map has several); else default.
+
+    int8-quantized Linears keep packed weights behind a method, not a tensor: they use default.
+    """
+    weight = getattr(module, "weight", None)
+    return weight.device if isinstance(weight, torch.Tensor) else torch.device(default)
+
+
 class PackedLM:
     """Batched forwards over ragged sequences sharing one loaded model; not thread-safe (one thread)."""
 
@@ -245,7 +261,8 @@ class PackedLM:
         self.num_layers = int(config.num_hidden_layers)
         self.groups = int(config.num_attention_heads) // int(config.num_key_value_heads)
         self.embed_rows = int(lm.model.get_input_embeddings().weight.shape[0])
-        self.device = torch.device(lm.device)
+        self.device = _device_of(lm.model.get_input_embeddings(), lm.device)  # where ids go in
+        self.head_device = _device_of(lm.model.get_output_embeddings(), self.device)  # rows come out
         install(lm.model)
 
     def new_seq(self) -> SeqKV:
@@ -265,7 +282,7 @@ class PackedLM:
         positions = [s.past + j for s in segments for j in range(s.n)]
         total_rows = len(keep)
         # the lm_head runs on the wanted rows only: a long prefill never materialises [T, V]
-        index = torch.tensor(keep or [len(ids) - 1], dtype=torch.long, device=self.device)
+        index = torch.tensor(keep or [len(ids) - 1], dtype=torch.long, device=self.head_device)
         with torch.inference_mode():
             out = self.lm.model(
                 input_ids=torch.tensor([ids], dtype=torch.long, device=self.device),  # [1, T]

@@ -135,7 +135,8 @@ def test_rollback_leaves_no_trace(packed: PackedLM) -> None:
         seq.crop(27)  # keeps 2 of the 6
         if poison:  # the rolled-back positions must never be read again
             with torch.inference_mode():  # the storage is an inference tensor
-                seq._kv[:, :, :, 27:] = float("nan")  # type: ignore[index]
+                for kv in seq._kv.values():  # one [2, Hkv, capacity, D] tensor per layer
+                    kv[:, :, 27:] = float("nan")
         return packed.forward([(seq, after, 4)])[0]
 
     got = rolled_back(poison=False)
