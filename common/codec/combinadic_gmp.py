@@ -14,27 +14,41 @@ _divexact = gmpy2.divexact
 _mpz = gmpy2.mpz
 _LN2 = math.log(2.0)
 _FLOAT_BITS = 1000  # below this many bits float(r) is finite and keeps 53 significant bits
-TABLE_CAP = 1 << 17  # most entries kept in the Pascal table (~10 MB at its largest)
+TABLE_CAP = 1 << 16  # most entries in the Pascal table (~9 MB, built in ~0.1 s, at its largest)
 _TABLE_WIDTH = 1 << 11  # subsets of [0, n) with n up to this grow the table (cap permitting)
 
 # _rows[m][c] = C(c, m) for c < width, m < height: small binomials by lookup, digits by bisection.
-# Grown (never shrunk) by compositions; replaced whole, so concurrent readers see a consistent one.
-_rows: list[list[Any]] = [[_mpz(1)]]
+# Grown (never shrunk) by small-n unranks, chiefly compositions (n = ℓ+K−1); replaced whole, so a
+# concurrent reader keeps a consistent table.
+_rows: list[list[Any]] = [[_mpz(1)] * 2]
 
 
-def pascal_rows(n: int, s: int) -> list[list[Any]] | None:
-    """Rows 0..s of C(c, m) for all c < n (or wider), grown on demand; None if over TABLE_CAP."""
+def _next_row(row: list[Any]) -> list[Any]:
+    """C(c, m) = Σ_{i<c} C(i, m−1) (hockey stick) from the row of m−1: one GMP add per entry."""
+    return [_mpz(0), *accumulate(row[:-1])]
+
+
+def pascal_rows(n: int, s: int) -> list[list[Any]]:
+    """The shared table, grown towards rows 0..s over c < n as far as TABLE_CAP allows.
+
+    Widening rebuilds it (powers of two, so rarely) and never costs rows already there.
+    """
     global _rows
     rows = _rows
-    if len(rows) > s and len(rows[0]) >= n:
-        return rows
-    width = max(len(rows[0]), 1 << max(n - 1, 1).bit_length())  # powers of two: few regrowths
-    height = max(len(rows), s + 1)
-    if width * height > TABLE_CAP:
-        return None
-    new = [[_mpz(1)] * width]
-    for _ in range(1, height):  # C(c, m) = Σ_{i<c} C(i, m−1) (hockey stick): one GMP add each
-        new.append([_mpz(0), *accumulate(new[-1][:-1])])
+    old_w, old_h = len(rows[0]), len(rows)
+    if n > old_w:
+        width = 1 << (n - 1).bit_length()
+        height = min(max(old_h, s + 1), TABLE_CAP // width)
+        if height < max(old_h, 2):
+            return rows
+        new = [[_mpz(1)] * width]
+    else:
+        height = min(s + 1, TABLE_CAP // old_w)
+        if height <= old_h:
+            return rows
+        new = list(rows)
+    while len(new) < height:
+        new.append(_next_row(new[-1]))
     _rows = new
     return new
 
@@ -121,9 +135,9 @@ def _greedy(rank: int, n: int, k: int, checked: bool) -> list[int] | None:
     inv, root_fact = _consts(k)
     comb, divexact = _comb, _divexact  # hot loop: local names
     rows = _rows
-    limit = len(rows[0]) if k < len(rows) else 0  # digits below limit come from the table
+    width, top = len(rows[0]), len(rows) - 2  # digits c < width with j <= top: from the table
     hi, j = n, k - 1
-    while j >= 0 and r and hi > limit:
+    while j >= 0 and r and (hi > width or j > top):
         m = j + 1
         x0 = (float(r) ** inv[m] if small else _big_root(r, inv[m])) * root_fact[m]  # (r·m!)^(1/m)
         if x0 >= 4 * m:

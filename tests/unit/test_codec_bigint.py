@@ -160,7 +160,7 @@ def test_gmp_without_pascal_table_matches() -> None:
     rng = np.random.default_rng(3)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(gmp, "TABLE_CAP", 0)
-        mp.setattr(gmp, "_rows", [[gmp._mpz(1)]])
+        mp.setattr(gmp, "_rows", [[gmp._mpz(1)] * 2])
         for ell, k in ((240, 64), (100, 256), (1024, 1024), (7, 3)):
             counts = np.bincount(rng.integers(0, max(1, k // 3), ell), minlength=k).astype(np.int64)
             rank = PY.composition_rank(counts, ell)
@@ -169,13 +169,24 @@ def test_gmp_without_pascal_table_matches() -> None:
 
 
 def test_pascal_rows_and_cap() -> None:
-    rows = gmp.pascal_rows(300, 40)
-    assert rows is not None
-    assert len(rows) > 40
-    assert len(rows[0]) >= 300
-    for c, m in ((0, 0), (5, 7), (299, 40), (120, 1), (77, 33)):
-        assert rows[m][c] == math.comb(c, m)
-    assert gmp.pascal_rows(1 << 20, 1 << 10) is None  # past TABLE_CAP: callers use the estimates
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(gmp, "_rows", [[gmp._mpz(1)] * 2])  # fresh table, whatever ran before
+        rows = gmp.pascal_rows(300, 40)
+        assert len(rows) == 41
+        assert len(rows[0]) == 512
+        for c, m in ((0, 0), (5, 7), (299, 40), (120, 1), (77, 33), (511, 40)):
+            assert rows[m][c] == math.comb(c, m)
+        assert gmp.pascal_rows(1 << 20, 1 << 10) is rows  # too wide for TABLE_CAP: unchanged
+        assert gmp.pascal_rows(100, 20) is rows  # already covered
+        tall = gmp.pascal_rows(300, 10_000)  # as tall as TABLE_CAP allows at this width
+        assert len(tall) == gmp.TABLE_CAP // 512
+        assert tall[-1][511] == math.comb(511, len(tall) - 1)
+        assert gmp.pascal_rows(1500, 10) is tall  # wider would cost rows: unchanged
+        mp.setattr(gmp, "_rows", rows[:21])
+        wide = gmp.pascal_rows(1500, 10)  # wider and as tall as before
+        assert len(wide[0]) == 2048
+        assert len(wide) == 21
+        assert wide[20][1999] == math.comb(1999, 20)
 
 
 def test_backend_selection() -> None:
