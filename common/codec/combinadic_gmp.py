@@ -14,7 +14,7 @@ _divexact = gmpy2.divexact
 _mpz = gmpy2.mpz
 _LN2 = math.log(2.0)
 _FLOAT_BITS = 1000  # below this many bits float(r) is finite and keeps 53 significant bits
-TABLE_CAP = 1 << 16  # most entries in the Pascal table (~9 MB, built in ~0.1 s, at its largest)
+TABLE_CAP = 1 << 17  # most entries in the Pascal table: ~17 MB, ~0.2 s to build, at its largest
 _TABLE_WIDTH = 1 << 11  # subsets of [0, n) with n up to this grow the table (cap permitting)
 
 # _rows[m][c] = C(c, m) for c < width, m < height: small binomials by lookup, digits by bisection.
@@ -131,7 +131,7 @@ def _greedy(rank: int, n: int, k: int, checked: bool) -> list[int] | None:
     """
     out = [0] * k
     r = _mpz(rank)
-    small = r.bit_length() < _FLOAT_BITS  # r only shrinks
+    small = r.bit_length() < _FLOAT_BITS  # r only shrinks: once small, always small
     inv, root_fact = _consts(k)
     comb, divexact = _comb, _divexact  # hot loop: local names
     rows = _rows
@@ -139,6 +139,8 @@ def _greedy(rank: int, n: int, k: int, checked: bool) -> list[int] | None:
     hi, j = n, k - 1
     while j >= 0 and r and (hi > width or j > top):
         m = j + 1
+        if not small:
+            small = r.bit_length() < _FLOAT_BITS
         x0 = (float(r) ** inv[m] if small else _big_root(r, inv[m])) * root_fact[m]  # (r·m!)^(1/m)
         if x0 >= 4 * m:
             c = int(x0 + m * m / (24.0 * x0) + (m - 1) * 0.5)
