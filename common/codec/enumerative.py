@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Callable
@@ -12,6 +13,11 @@ import numpy as np
 from common.codec import combinadic_py
 from common.errors import CodecError
 
+try:  # bounds are the same integers either way; GMP only makes the first call per K cheaper
+    from gmpy2 import comb as _gmp_comb
+except ImportError:
+    _gmp_comb = None
+
 BIGINT_ENV = "DRAFTLINK_CODEC_BIGINT"  # "auto" (default): gmpy2 when importable; "python" | "gmpy2"
 
 
@@ -20,9 +26,15 @@ def bits_for(bound: int) -> int:
     return (bound - 1).bit_length()
 
 
+@functools.lru_cache(maxsize=8192)
+def binomial(n: int, k: int) -> int:
+    """C(n, k), exact and cached process-wide (field bounds: C-SQS needs one per K_t, every session)."""
+    return int(_gmp_comb(n, k)) if _gmp_comb is not None else math.comb(n, k)
+
+
 def composition_bound(ell: int, k: int) -> int:
     """Number of weak compositions of ell into k parts: C(ell+k-1, k-1)."""
-    return math.comb(ell + k - 1, k - 1)
+    return binomial(ell + k - 1, k - 1)
 
 
 @dataclass(frozen=True)

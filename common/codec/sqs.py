@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -9,10 +10,16 @@ import numpy as np
 from common.codec.base import Codec, exact_body_size
 from common.codec.bitio import BitReader, BitWriter
 from common.codec.draft import Draft
-from common.codec.enumerative import bits_for, composition_bound
+from common.codec.enumerative import binomial, bits_for, composition_bound
 from common.codec.lattice import lattice_quantize, lattice_quantize_sparse, sample_counts, top_k_support
 from common.codec.spec import DEFAULT_CSQS_KMAX, CodecSpec
 from common.errors import CodecError
+
+
+@functools.lru_cache(maxsize=8192)
+def _sparse_bounds(vocab: int, ell: int, k: int) -> tuple[int, int, int, int]:
+    sb, cb = binomial(vocab, k), composition_bound(ell, k)
+    return sb, bits_for(sb), cb, bits_for(cb)
 
 
 def _check_counts(counts: np.ndarray | None, size: int, ell: int) -> np.ndarray:
@@ -29,7 +36,7 @@ class QSCodec(Codec):
     def __init__(self, spec: CodecSpec, vocab_size: int) -> None:
         super().__init__(spec, vocab_size)
         self.ell = spec.ell
-        self.count_bound = composition_bound(self.ell, vocab_size)  # C(ℓ+V−1, V−1)
+        self.count_bound = composition_bound(self.ell, self.vocab_size)  # C(ℓ+V−1, V−1)
         self.count_bits = bits_for(self.count_bound)
 
     def formula_bits(self, k: int | None = None) -> int:
@@ -74,18 +81,10 @@ class SparseCodec(Codec):
     def __init__(self, spec: CodecSpec, vocab_size: int) -> None:
         super().__init__(spec, vocab_size)
         self.ell = spec.ell
-        self._bounds: dict[int, tuple[int, int, int, int]] = {}
 
     def bounds(self, k: int) -> tuple[int, int, int, int]:
-        """(C(V,K), bits, C(ℓ+K−1,K−1), bits) for support size K, cached."""
-        got = self._bounds.get(k)
-        if got is None:
-            sb = math.comb(self.vocab_size, k)
-            cb = composition_bound(self.ell, k)
-            got = (sb, bits_for(sb), cb, bits_for(cb))
-            if len(self._bounds) < 4096:
-                self._bounds[k] = got
-        return got
+        """(C(V,K), bits, C(ℓ+K−1,K−1), bits) for support size K, cached process-wide."""
+        return _sparse_bounds(self.vocab_size, self.ell, k)
 
     def sparse_bits(self, k: int) -> int:
         """⌈log2 C(V,K)⌉ + ⌈log2 C(ℓ+K−1,K−1)⌉ + ⌈log2 K⌉ (method.md §5)."""
