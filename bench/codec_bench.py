@@ -259,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     backends = tuple(b.strip() for b in args.backends.split(",") if b.strip())
     blocks = args.blocks or (8 if args.quick else 50)
+    load_start = os.getloadavg()  # timings on a shared machine scale with its load: record both ends
     rows = []
     for vocab in VOCABS:
         pool = make_pool(vocab, 32 if args.quick else 64, np.random.default_rng(vocab))
@@ -276,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
             "backends": list(backends),
             "blocks": blocks,
             "repeats": args.repeats,
+            "loadavg_start": load_start,
             "loadavg": os.getloadavg(),
             "cpus": os.cpu_count(),
         }

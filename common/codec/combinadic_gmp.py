@@ -65,20 +65,24 @@ def _log(r: Any) -> float:
     return math.log(float(r >> shift)) + shift * _LN2
 
 
-def _consts(k: int) -> tuple[list[float], list[float]]:
-    """(1/m, (m!)^(1/m)) for m = 0..k at least: the per-digit constants of the float estimate."""
-    global _inv, _root_fact
-    inv, root_fact = _inv, _root_fact
-    if len(inv) <= k:
+def _consts(k: int) -> tuple[list[float], list[float], list[float], list[float]]:
+    """Per-digit constants of the float estimate for m = 0..k at least: 1/m, (m!)^(1/m), m²/24
+    and (m−1)/2 (list lookups are cheaper than recomputing them in the digit loop)."""
+    global _const_lists
+    got = _const_lists
+    if len(got[0]) <= k:
         ms = range(1, 2 * k + 2)
-        inv = [0.0, *(1.0 / m for m in ms)]
-        root_fact = [0.0, *(math.exp(math.lgamma(m + 1) / m) for m in ms)]
-        _inv, _root_fact = inv, root_fact
-    return inv, root_fact
+        got = (
+            [0.0, *(1.0 / m for m in ms)],
+            [0.0, *(math.exp(math.lgamma(m + 1) / m) for m in ms)],
+            [0.0, *(m * m / 24.0 for m in ms)],
+            [0.0, *((m - 1) * 0.5 for m in ms)],
+        )
+        _const_lists = got
+    return got
 
 
-_inv: list[float] = [0.0]
-_root_fact: list[float] = [0.0]
+_const_lists: tuple[list[float], list[float], list[float], list[float]] = ([0.0], [0.0], [0.0], [0.0])
 _consts(1024)
 
 
@@ -118,32 +122,27 @@ def _bisect(r: Any, m: int, lo: int, hi: int) -> tuple[int, Any]:
     return lo, _comb(lo, m)
 
 
-def _greedy(rank: int, n: int, k: int, checked: bool) -> list[int] | None:
-    """Greedy combinadic digits c_{k−1} > … > c_0 of rank, largest first.
+def _estimated_digits(
+    out: list[int], r: Any, hi: int, k: int, checked: bool, width: int, top: int
+) -> tuple[int, Any, int] | None:
+    """Digits m = k, k−1, … from the float estimate until r = 0 or the table covers the rest (the
+    search range is below `width` and m <= top). (index of the next digit, r, hi), or None.
 
-    Digit c for m = j+1 is the largest c < hi with C(c, m) <= r. Above the Pascal table's width
-    it comes from a float estimate (C(c, m) ≈ x^m/m!·e^{−m³/24x²}, x = c − (m−1)/2, solved to
-    first order); unchecked, the estimate is corrected downwards only (C(c, m) <= r keeps r >= 0),
-    saving a big-int mul/div/compare per digit. A digit one too low leaves a remainder the later
-    digits cannot absorb, and the combinadic representation is unique, so digits that end strictly
-    decreasing in [0, n) with remainder 0 are exact: None otherwise (then retry checked, which
-    also corrects upwards). Below the width, digits are exact bisections of a table row.
+    C(c, m) ≈ x^m/m!·e^{−m³/24x²} with x = c − (m−1)/2, solved to first order: x ≈ x0 + m²/(24·x0)
+    with x0 = (r·m!)^(1/m). Unchecked, a digit is corrected downwards only (C(c, m) <= r keeps
+    r >= 0), which saves a big-int mul/div/compare per digit; see _greedy for why that is safe.
     """
-    out = [0] * k
-    r = _mpz(rank)
-    small = r.bit_length() < _FLOAT_BITS  # r only shrinks: once small, always small
-    inv, root_fact = _consts(k)
+    inv, root_fact, corr, half = _consts(k)
     comb, divexact = _comb, _divexact  # hot loop: local names
-    rows = _rows
-    width, top = len(rows[0]), len(rows) - 2  # digits c < width with j <= top: from the table
-    hi, j = n, k - 1
-    while j >= 0 and r and (hi > width or j > top):
-        m = j + 1
+    small = r.bit_length() < _FLOAT_BITS  # r only shrinks: once small, always small
+    for m in range(k, 0, -1):
+        if not r or (hi <= width and m <= top):
+            return m - 1, r, hi
         if not small:
             small = r.bit_length() < _FLOAT_BITS
-        x0 = (float(r) ** inv[m] if small else _big_root(r, inv[m])) * root_fact[m]  # (r·m!)^(1/m)
+        x0 = (float(r) ** inv[m] if small else _big_root(r, inv[m])) * root_fact[m]
         if x0 >= 4 * m:
-            c = int(x0 + m * m / (24.0 * x0) + (m - 1) * 0.5)
+            c = int(x0 + corr[m] / x0 + half[m])
             if c >= hi:
                 c = hi - 1
                 if c < m:  # [m, hi) is empty: only after a low digit (unchecked)
@@ -158,10 +157,28 @@ def _greedy(rank: int, n: int, k: int, checked: bool) -> list[int] | None:
                 c, v = _bisect(r, m, m, c)
         elif checked and c + 1 < hi and divexact(v * (c + 1), c + 1 - m) <= r:
             c, v = _bisect(r, m, c + 1, hi)
-        out[j] = c
+        out[m - 1] = c
         r -= v
         hi = c
-        j -= 1
+    return -1, r, hi
+
+
+def _greedy(rank: int, n: int, k: int, checked: bool) -> list[int] | None:
+    """Greedy combinadic digits c_{k−1} > … > c_0 of rank, largest first: digit c for m = j+1 is
+    the largest c < hi with C(c, m) <= r.
+
+    Above the Pascal table's width digits come from _estimated_digits. Unchecked, a digit that
+    came out one too low leaves a remainder the later digits cannot absorb; the combinadic
+    representation is unique, so digits that end strictly decreasing in [0, n) with remainder 0
+    are exact. None otherwise (the caller retries checked, which also corrects upwards). Below
+    the width, digits are exact bisections of a table row.
+    """
+    out = [0] * k
+    rows = _rows
+    got = _estimated_digits(out, _mpz(rank), n, k, checked, len(rows[0]), len(rows) - 1)
+    if got is None:
+        return None
+    j, r, hi = got
     while j >= 0 and r:
         row = rows[j + 1]
         c = hi - 1  # consecutive elements (runs of zero counts) need no search

@@ -136,10 +136,10 @@ def test_gmp_unrank_is_exact_with_bad_estimates(scale: float) -> None:
     """Estimates pushed off by a relative error: digits must still be exact (via the checked retry)."""
     rng = np.random.default_rng(7)
     cases = [(151_936, 64), (151_936, 170), (3000, 400), (303, 63), (10**6, 5)]
-    _, root_fact = gmp._consts(2000)
+    inv, root_fact, corr, half = gmp._consts(2000)
     fails = 0
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(gmp, "_root_fact", [x * scale for x in root_fact])
+        mp.setattr(gmp, "_const_lists", (inv, [x * scale for x in root_fact], corr, half))
         real_newton = gmp.newton_estimate
         mp.setattr(gmp, "newton_estimate", lambda x0, lr, m, hi: real_newton(x0 * scale, lr, m, hi))
         for n, k in cases:
