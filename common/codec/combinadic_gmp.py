@@ -14,13 +14,15 @@ _divexact = gmpy2.divexact
 _mpz = gmpy2.mpz
 _LN2 = math.log(2.0)
 _FLOAT_BITS = 1000  # below this many bits float(r) is finite and keeps 53 significant bits
-TABLE_CAP = 1 << 17  # most entries in the Pascal table: ~17 MB, ~0.2 s to build, at its largest
-_TABLE_WIDTH = 1 << 11  # subsets of [0, n) with n up to this grow the table (cap permitting)
+TABLE_CAP = 1 << 17  # most entries in one Pascal table: ~17 MB, ~0.2 s to build, at its largest
+_TABLE_WIDTH = 1 << 11  # subsets of [0, n) with n up to this (compositions) get a table
+_MIN_WIDTH = 1 << 9
 
-# _rows[m][c] = C(c, m) for c < width, m < height: small binomials by lookup, digits by bisection.
-# Grown (never shrunk) by small-n unranks, chiefly compositions (n = ℓ+K−1); replaced whole, so a
-# concurrent reader keeps a consistent table.
-_rows: list[list[Any]] = [[_mpz(1)] * 2]
+# Pascal tables by width (a power of two >= 512): rows[m][c] = C(c, m) for c < width; small
+# binomials by lookup, digits by bisection. One table per width, so specs with different ℓ+K
+# never evict each other's rows (three widths at most: <= ~50 MB in all, one table typically).
+# Grown row by row, replaced whole, so a concurrent reader keeps a consistent table.
+_tables: dict[int, list[list[Any]]] = {}
 
 
 def _next_row(row: list[Any]) -> list[Any]:
@@ -29,27 +31,16 @@ def _next_row(row: list[Any]) -> list[Any]:
 
 
 def pascal_rows(n: int, s: int) -> list[list[Any]]:
-    """The shared table, grown towards rows 0..s over c < n as far as TABLE_CAP allows.
-
-    Widening rebuilds it (powers of two, so rarely) and never costs rows already there.
-    """
-    global _rows
-    rows = _rows
-    old_w, old_h = len(rows[0]), len(rows)
-    if n > old_w:
-        width = 1 << (n - 1).bit_length()
-        height = min(max(old_h, s + 1), TABLE_CAP // width)
-        if height < max(old_h, 2):
-            return rows
-        new = [[_mpz(1)] * width]
-    else:
-        height = min(s + 1, TABLE_CAP // old_w)
-        if height <= old_h:
-            return rows
-        new = list(rows)
+    """The table of the smallest width >= n, grown towards rows 0..s as far as TABLE_CAP allows."""
+    width = max(_MIN_WIDTH, 1 << max(n - 1, 1).bit_length())
+    rows = _tables.get(width) or [[_mpz(1)] * width]
+    height = min(s + 1, TABLE_CAP // width)
+    if height <= len(rows):
+        return rows
+    new = list(rows)
     while len(new) < height:
         new.append(_next_row(new[-1]))
-    _rows = new
+    _tables[width] = new
     return new
 
 
@@ -103,12 +94,14 @@ def newton_estimate(x0: float, log_r: float, m: int, hi: int) -> int:
         return -1
     c = max(x0 + m * m / (24.0 * x0) + (m - 1) * 0.5, float(m))
     rhs = math.lgamma(m + 1) + log_r
-    for _ in range(4):
+    for _ in range(6):
         step = (math.lgamma(c + 1) - math.lgamma(c - m + 1) - rhs) / math.log((c + 0.5) / (c - m + 0.5))
         c = max(c - step, float(m))
         if abs(step) < 1e-3:
             break
-    return min(int(c), hi - 1)
+    # f is concave, so the iterates approach the root from below: round up the last 1e-2, since a
+    # digit one too high costs one exact step down and one too low costs the checked retry.
+    return min(int(c + 1e-2), hi - 1)
 
 
 def _bisect(r: Any, m: int, lo: int, hi: int) -> tuple[int, Any]:
@@ -163,7 +156,7 @@ def _estimated_digits(
     return -1, r, hi
 
 
-def _greedy(rank: int, n: int, k: int, checked: bool) -> list[int] | None:
+def _greedy(rank: int, n: int, k: int, checked: bool, rows: list[list[Any]]) -> list[int] | None:
     """Greedy combinadic digits c_{k−1} > … > c_0 of rank, largest first: digit c for m = j+1 is
     the largest c < hi with C(c, m) <= r.
 
@@ -174,7 +167,6 @@ def _greedy(rank: int, n: int, k: int, checked: bool) -> list[int] | None:
     the width, digits are exact bisections of a table row.
     """
     out = [0] * k
-    rows = _rows
     got = _estimated_digits(out, _mpz(rank), n, k, checked, len(rows[0]), len(rows) - 1)
     if got is None:
         return None
@@ -196,13 +188,19 @@ def _greedy(rank: int, n: int, k: int, checked: bool) -> list[int] | None:
     return out
 
 
+def rows_for(n: int, k: int) -> list[list[Any]]:
+    """The Pascal table an unrank of a k-subset of [0, n) uses."""
+    if n <= _TABLE_WIDTH:  # compositions (n = ℓ+K−1): every digit by table lookup if it fits
+        return pascal_rows(n, k)
+    return _tables.get(_MIN_WIDTH) or [[_mpz(1)] * 2]  # supports: few digits below 512, if any
+
+
 def subset_unrank(rank: int, n: int, k: int) -> list[int]:
     """Inverse of subset_rank: the ascending k-subset of [0, n) with that rank (rank < C(n, k))."""
-    if n <= _TABLE_WIDTH:  # compositions (n = ℓ+K−1): every digit by table lookup
-        pascal_rows(n, k)
-    got = _greedy(rank, n, k, checked=False)
+    rows = rows_for(n, k)
+    got = _greedy(rank, n, k, False, rows)
     if got is None:
-        got = _greedy(rank, n, k, checked=True)
+        got = _greedy(rank, n, k, True, rows)
     if got is None:  # checked mode always finishes for rank < C(n, k); callers check that bound
         raise ValueError(f"rank out of range for C({n}, {k})")
     return got

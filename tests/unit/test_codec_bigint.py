@@ -145,48 +145,50 @@ def test_gmp_unrank_is_exact_with_bad_estimates(scale: float) -> None:
         for n, k in cases:
             for _ in range(2):
                 rank = int(rng.integers(0, 2**62)) * math.comb(n, k) >> 62
-                got = gmp._greedy(rank, n, k, checked=False)
+                rows = gmp.rows_for(n, k)
+                got = gmp._greedy(rank, n, k, False, rows)
                 fails += got is None
                 want = PY.subset_unrank(rank, n, k)
                 assert got is None or got == want  # unchecked never returns a wrong subset
-                assert gmp._greedy(rank, n, k, checked=True) == want
+                assert gmp._greedy(rank, n, k, True, rows) == want
                 assert gmp.subset_unrank(rank, n, k) == want
     if scale < 1.0:
         assert fails > 0  # low estimates do reach the checked retry
 
 
 def test_gmp_without_pascal_table_matches() -> None:
-    """Compositions through the float estimates only (table capped to nothing)."""
+    """Compositions through the float estimates only (tables capped to nothing)."""
     rng = np.random.default_rng(3)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(gmp, "TABLE_CAP", 0)
-        mp.setattr(gmp, "_rows", [[gmp._mpz(1)] * 2])
-        for ell, k in ((240, 64), (100, 256), (1024, 1024), (7, 3)):
+        mp.setattr(gmp, "_tables", {})
+        for ell, k in ((240, 64), (100, 256), (1024, 1024), (7, 3), (240, 200)):
             counts = np.bincount(rng.integers(0, max(1, k // 3), ell), minlength=k).astype(np.int64)
             rank = PY.composition_rank(counts, ell)
             np.testing.assert_array_equal(GMP.composition_unrank(rank, ell, k), counts)
-        assert len(gmp._rows) == 1  # nothing was built
+        assert gmp._tables == {}  # nothing was built
 
 
-def test_pascal_rows_and_cap() -> None:
+def test_pascal_tables_by_width_and_cap() -> None:
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(gmp, "_rows", [[gmp._mpz(1)] * 2])  # fresh table, whatever ran before
+        mp.setattr(gmp, "_tables", {})  # fresh tables, whatever ran before
         rows = gmp.pascal_rows(300, 40)
         assert len(rows) == 41
         assert len(rows[0]) == 512
         for c, m in ((0, 0), (5, 7), (299, 40), (120, 1), (77, 33), (511, 40)):
             assert rows[m][c] == math.comb(c, m)
-        assert gmp.pascal_rows(1 << 20, 1 << 10) is rows  # too wide for TABLE_CAP: unchanged
         assert gmp.pascal_rows(100, 20) is rows  # already covered
         tall = gmp.pascal_rows(300, 10_000)  # as tall as TABLE_CAP allows at this width
         assert len(tall) == gmp.TABLE_CAP // 512
         assert tall[-1][511] == math.comb(511, len(tall) - 1)
-        assert gmp.pascal_rows(1500, 10) is tall  # wider would cost rows: unchanged
-        mp.setattr(gmp, "_rows", rows[:21])
-        wide = gmp.pascal_rows(1500, 10)  # wider and as tall as before
+        wide = gmp.pascal_rows(1500, 10)  # a wider table of its own: the 512 one keeps its rows
         assert len(wide[0]) == 2048
-        assert len(wide) == 21
-        assert wide[20][1999] == math.comb(1999, 20)
+        assert len(wide) == 11
+        assert wide[10][1999] == math.comb(1999, 10)
+        assert gmp._tables[512] is tall
+        assert gmp.rows_for(151_936, 64) is tall  # supports use the narrowest table
+        mp.setattr(gmp, "_tables", {})
+        assert len(gmp.rows_for(151_936, 64)) == 1  # none yet: estimates only
 
 
 def test_backend_selection() -> None:
