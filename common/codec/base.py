@@ -10,6 +10,7 @@ import numpy as np
 
 from common.codec.bitio import BitReader, BitWriter
 from common.codec.draft import Draft
+from common.codec.enumerative import Ranker, ranker
 from common.codec.spec import CodecSpec
 from common.errors import CodecError
 
@@ -34,6 +35,7 @@ class Codec:
         self.kind = spec.kind
         self.vocab_size = vocab_size
         self.token_bits = (vocab_size - 1).bit_length()  # ⌈log2 V⌉
+        self.ranks: Ranker = ranker()  # big-int backend of the enumerative codes (same bits either way)
 
     # -- per-kind hooks ------------------------------------------------------------------------
     def compress(self, probs: np.ndarray, rng: np.random.Generator) -> Draft:

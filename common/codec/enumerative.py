@@ -1,14 +1,24 @@
-"""Enumerative (combinatorial number system) ranks of subsets and compositions, exact big ints."""
+"""Enumerative (combinatorial number system) ranks of supports and compositions, exact big ints."""
 
 from __future__ import annotations
 
+import functools
 import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
+from common.codec import combinadic_py
 from common.errors import CodecError
 
-_WALK_LIMIT = 48  # exact steps allowed after the float estimate before falling back to bisection
+try:  # bounds are the same integers either way; GMP only makes the first call per K cheaper
+    from gmpy2 import comb as _gmp_comb
+except ImportError:
+    _gmp_comb = None
+
+BIGINT_ENV = "DRAFTLINK_CODEC_BIGINT"  # "auto" (default): gmpy2 when importable; "python" | "gmpy2"
 
 
 def bits_for(bound: int) -> int:
@@ -16,135 +26,128 @@ def bits_for(bound: int) -> int:
     return (bound - 1).bit_length()
 
 
-def subset_rank(elems: list[int]) -> int:
-    """Colex rank Σ_j C(s_j, j+1) of an ascending list of distinct naturals; < C(n, k) if all < n."""
-    comb = math.comb
-    total = 0
-    prev_c, prev_v = -2, 0
-    for j, c in enumerate(elems):
-        # A run c = prev + 1 (stars of one part) costs one small mul/div: C(c, m) = C(c-1, m-1)·c/m.
-        v = prev_v * c // (j + 1) if c == prev_c + 1 and j else comb(c, j + 1)
-        total += v
-        prev_c, prev_v = c, v
-    return total
-
-
-def _estimate(log_r: float, m: int, lo: int, hi: int) -> int:
-    """Float guess of the largest c in [lo, hi) with C(c, m) <= e^log_r (error ~ m²/(24x) → ±1)."""
-    x0 = math.exp((log_r + math.lgamma(m + 1)) / m)  # C(c,m) ≈ x^m/m! · e^{-m³/(24x²)}, x = c-(m-1)/2
-    x = x0 * math.exp(m * m / (24.0 * x0 * x0)) if x0 > m else x0
-    c = x + (m - 1) / 2.0
-    if not c < hi:  # also catches inf/nan
-        return hi - 1
-    return max(int(c), lo)
-
-
-def _largest_below(r: int, m: int, lo: int, hi: int) -> tuple[int, int]:
-    """Largest c in [lo, hi) with C(c, m) <= r, and C(c, m). Requires C(lo, m) <= r < C(hi, m)."""
-    if m == 1:
-        return r, r
-    lo = max(lo, m)  # r >= 1 = C(m, m), so the answer is >= m (and the step formulas stay defined)
-    c = _estimate(math.log(r), m, lo, hi)
-    v = math.comb(c, m)
-    steps = 0
-    while v > r and steps < _WALK_LIMIT:  # C(c-1, m) = C(c, m)·(c-m)/c
-        v = v * (c - m) // c
-        c -= 1
-        steps += 1
-    while c + 1 < hi and steps < _WALK_LIMIT:  # C(c+1, m) = C(c, m)·(c+1)/(c+1-m)
-        w = v * (c + 1) // (c + 1 - m)
-        if w > r:
-            return c, v
-        c, v = c + 1, w
-        steps += 1
-    if v <= r and (c + 1 >= hi or math.comb(c + 1, m) > r):
-        return c, v
-    while hi - lo > 1:  # bad estimate (not seen in practice): exact bisection
-        mid = (lo + hi) // 2
-        if math.comb(mid, m) <= r:
-            lo = mid
-        else:
-            hi = mid
-    return lo, math.comb(lo, m)
-
-
-def subset_unrank(rank: int, n: int, k: int) -> list[int]:
-    """Inverse of subset_rank: the ascending k-subset of [0, n) with that rank (rank < C(n, k))."""
-    comb, log, exp, lgamma = math.comb, math.log, math.exp, math.lgamma  # hot loop: local names
-    out = [0] * k
-    hi, r = n, rank
-    prev_c, prev_v = 0, 0
-    for j in range(k - 1, -1, -1):
-        m = j + 1
-        if r == 0:  # the rest is {0, 1, ..., j}
-            out[: j + 1] = range(j + 1)
-            break
-        if prev_c and (cand := prev_v * (m + 1) // prev_c) <= r:
-            c, v = prev_c - 1, cand  # C(c-1, m) with c = prev: a run of stars of one part, no search
-        elif m == 1:
-            c, v = r, r
-        else:
-            # Float estimate (usually exact or off by one), then exact ±1 steps on the big ints.
-            x0 = exp((log(r) + lgamma(m + 1)) / m)
-            x = x0 * exp(m * m / (24.0 * x0 * x0)) if x0 > m else x0
-            c = min(max(int(x + (m - 1) / 2.0), m), hi - 1) if x < hi else hi - 1
-            v = comb(c, m)
-            if v > r:
-                c -= 1
-                v = v * (c + 1 - m) // (c + 1)  # C(c, m) from C(c+1, m)
-                if v > r:
-                    c, v = _largest_below(r, m, m, c)
-            elif c + 1 < hi and (w := v * (c + 1) // (c + 1 - m)) <= r:
-                c, v = _largest_below(r, m, c + 1, hi) if c + 2 < hi else (c + 1, w)
-        out[j] = c
-        r -= v
-        hi, prev_c, prev_v = c, c, v
-    return out
-
-
-def support_rank(support: np.ndarray, n: int) -> int:
-    """Rank of an ascending K-subset of [0, n); codes the complement when it is smaller."""
-    k = int(support.shape[0])
-    if 2 * k <= n:
-        return subset_rank(support.tolist())
-    mask = np.ones(n, dtype=bool)
-    mask[support] = False
-    return subset_rank(np.flatnonzero(mask).tolist())
-
-
-def support_unrank(rank: int, n: int, k: int) -> np.ndarray:
-    """Inverse of support_rank -> [k] int64 ascending."""
-    if 2 * k <= n:
-        return np.asarray(subset_unrank(rank, n, k), dtype=np.int64)
-    mask = np.ones(n, dtype=bool)
-    mask[np.asarray(subset_unrank(rank, n, n - k), dtype=np.int64)] = False
-    return np.flatnonzero(mask).astype(np.int64)
-
-
-def composition_rank(counts: np.ndarray, ell: int) -> int:
-    """Rank of a weak composition (counts [K] >= 0, Σ = ell) in [0, C(ell+K-1, K-1))."""
-    k = int(counts.shape[0])
-    if ell < k - 1:  # stars: the sorted multiset of part indices, shifted to a set
-        parts = np.repeat(np.arange(k, dtype=np.int64), counts)  # [ell]
-        return subset_rank((parts + np.arange(ell, dtype=np.int64)).tolist())
-    bars = np.cumsum(counts)[:-1] + np.arange(k - 1, dtype=np.int64)  # [K-1] bar positions
-    return subset_rank(bars.tolist())
-
-
-def composition_unrank(rank: int, ell: int, k: int) -> np.ndarray:
-    """Inverse of composition_rank -> counts [k] int64."""
-    n = ell + k - 1
-    if ell < k - 1:
-        stars = np.asarray(subset_unrank(rank, n, ell), dtype=np.int64) - np.arange(ell, dtype=np.int64)
-        return np.bincount(stars, minlength=k).astype(np.int64, copy=False)
-    bars = np.asarray(subset_unrank(rank, n, k - 1), dtype=np.int64) - np.arange(k - 1, dtype=np.int64)
-    edges = np.concatenate(([0], bars, [ell])).astype(np.int64)  # [K+1] cumulative counts
-    counts = np.diff(edges)
-    if counts.min(initial=0) < 0:  # cannot happen for rank < bound; guard the invariant anyway
-        raise CodecError("composition rank out of range")
-    return counts
+@functools.lru_cache(maxsize=8192)
+def binomial(n: int, k: int) -> int:
+    """C(n, k), exact and cached process-wide (field bounds: C-SQS needs one per K_t, every session)."""
+    return int(_gmp_comb(n, k)) if _gmp_comb is not None else math.comb(n, k)
 
 
 def composition_bound(ell: int, k: int) -> int:
     """Number of weak compositions of ell into k parts: C(ell+k-1, k-1)."""
-    return math.comb(ell + k - 1, k - 1)
+    return binomial(ell + k - 1, k - 1)
+
+
+@dataclass(frozen=True)
+class Ranker:
+    """One big-int backend: colex subset rank/unrank, and the support/composition codes built on it.
+
+    Every backend computes the same integers (the bitstream does not depend on the backend).
+    """
+
+    name: str
+    subset_rank: Callable[[list[int]], int]
+    subset_unrank: Callable[[int, int, int], list[int]]
+
+    def support_rank(self, support: np.ndarray, n: int) -> int:
+        """Rank of an ascending K-subset of [0, n); codes the complement when it is smaller."""
+        k = int(support.shape[0])
+        if 2 * k <= n:
+            return self.subset_rank(support.tolist())
+        mask = np.ones(n, dtype=bool)
+        mask[support] = False
+        return self.subset_rank(np.flatnonzero(mask).tolist())
+
+    def support_unrank(self, rank: int, n: int, k: int) -> np.ndarray:
+        """Inverse of support_rank -> [k] int64 ascending."""
+        if 2 * k <= n:
+            return np.asarray(self.subset_unrank(rank, n, k), dtype=np.int64)
+        mask = np.ones(n, dtype=bool)
+        mask[np.asarray(self.subset_unrank(rank, n, n - k), dtype=np.int64)] = False
+        return np.flatnonzero(mask).astype(np.int64)
+
+    def composition_rank(self, counts: np.ndarray, ell: int) -> int:
+        """Rank of a weak composition (counts [K] >= 0, Σ = ell) in [0, C(ell+K-1, K-1))."""
+        k = int(counts.shape[0])
+        if ell < k - 1:  # stars: the sorted multiset of part indices, shifted to a set
+            parts = np.repeat(np.arange(k, dtype=np.int64), counts)  # [ell]
+            return self.subset_rank((parts + np.arange(ell, dtype=np.int64)).tolist())
+        bars = np.cumsum(counts)[:-1] + np.arange(k - 1, dtype=np.int64)  # [K-1] bar positions
+        return self.subset_rank(bars.tolist())
+
+    def composition_unrank(self, rank: int, ell: int, k: int) -> np.ndarray:
+        """Inverse of composition_rank -> counts [k] int64."""
+        n = ell + k - 1
+        if ell < k - 1:
+            stars = np.asarray(self.subset_unrank(rank, n, ell), dtype=np.int64)
+            stars -= np.arange(ell, dtype=np.int64)
+            return np.bincount(stars, minlength=k).astype(np.int64, copy=False)
+        bars = np.asarray(self.subset_unrank(rank, n, k - 1), dtype=np.int64)
+        bars -= np.arange(k - 1, dtype=np.int64)
+        edges = np.concatenate(([0], bars, [ell])).astype(np.int64)  # [K+1] cumulative counts
+        counts = np.diff(edges)
+        if counts.min(initial=0) < 0:  # cannot happen for rank < bound; guard the invariant anyway
+            raise CodecError("composition rank out of range")
+        return counts
+
+
+def _load() -> dict[str, Ranker]:
+    """The importable backends, fastest first."""
+    rankers: dict[str, Ranker] = {}
+    try:
+        from common.codec import combinadic_gmp
+    except ImportError:  # gmpy2 missing (a dependency, but keep the codec usable without it)
+        pass
+    else:
+        rankers["gmpy2"] = Ranker("gmpy2", combinadic_gmp.subset_rank, combinadic_gmp.subset_unrank)
+    rankers["python"] = Ranker("python", combinadic_py.subset_rank, combinadic_py.subset_unrank)
+    return rankers
+
+
+_RANKERS = _load()
+BIGINT_BACKENDS: tuple[str, ...] = tuple(_RANKERS)  # importable here, fastest first
+
+
+def ranker(name: str | None = None) -> Ranker:
+    """The backend called name ("gmpy2" | "python"), or the import-time default when None."""
+    if name is None:
+        return DEFAULT
+    got = _RANKERS.get(name)
+    if got is None:
+        known = "gmpy2 (not importable here), python" if name == "gmpy2" else "gmpy2, python"
+        raise CodecError(f"unknown or unavailable big-int backend {name!r} (known: {known})")
+    return got
+
+
+def _select(choice: str) -> Ranker:
+    """Import-time default from $DRAFTLINK_CODEC_BIGINT; a backend named there must load."""
+    choice = choice.strip().lower() or "auto"
+    if choice == "auto":
+        return next(iter(_RANKERS.values()))
+    if choice not in ("gmpy2", "python"):
+        raise ImportError(f"{BIGINT_ENV}={choice!r}: expected auto, gmpy2 or python")
+    if choice not in _RANKERS:
+        raise ImportError(f"{BIGINT_ENV}=gmpy2 but gmpy2 cannot be imported")
+    return _RANKERS[choice]
+
+
+DEFAULT: Ranker = _select(os.environ.get(BIGINT_ENV, ""))
+
+
+def support_rank(support: np.ndarray, n: int) -> int:
+    """support_rank with the default backend."""
+    return DEFAULT.support_rank(support, n)
+
+
+def support_unrank(rank: int, n: int, k: int) -> np.ndarray:
+    """support_unrank with the default backend."""
+    return DEFAULT.support_unrank(rank, n, k)
+
+
+def composition_rank(counts: np.ndarray, ell: int) -> int:
+    """composition_rank with the default backend."""
+    return DEFAULT.composition_rank(counts, ell)
+
+
+def composition_unrank(rank: int, ell: int, k: int) -> np.ndarray:
+    """composition_unrank with the default backend."""
+    return DEFAULT.composition_unrank(rank, ell, k)

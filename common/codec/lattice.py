@@ -94,16 +94,28 @@ def top_k_support(q: np.ndarray, k: int) -> np.ndarray:
             raise CodecError("probs must be finite")
         return np.arange(n, dtype=np.int64) if k >= n else np.sort(smallest_k(-q, k))
     # View q as [_ROWS, cols] (group c = ids c, c+cols, ...). The k-th largest group maximum t is
-    # <= the k-th largest entry, so every top-k id lies in a group whose maximum is >= t: one fast
-    # contiguous reduction over V, then exact selection among ~k·_ROWS candidates.
-    col_max = q[: _ROWS * cols].reshape(_ROWS, cols).max(axis=0)  # [cols]; NaN/inf propagate
-    if not (np.isfinite(col_max).all() and np.isfinite(q[_ROWS * cols :]).all()):
+    # <= the k-th largest entry, so the top k lie among the entries >= t, all of them in a group
+    # whose maximum is >= t (or in the ragged tail): one fast contiguous reduction over V, then
+    # exact selection among those few entries.
+    grid = q[: _ROWS * cols].reshape(_ROWS, cols)
+    col_max = grid.max(axis=0)  # [cols]; NaN/inf propagate
+    tail = q[_ROWS * cols :]  # [< _ROWS]
+    if not (np.isfinite(col_max).all() and np.isfinite(tail).all()):
         raise CodecError("probs must be finite")
     t = np.partition(col_max, cols - k)[cols - k]
     hot = np.flatnonzero(col_max >= t)  # [>= k] groups
-    cand = (np.arange(_ROWS)[:, None] * cols + hot[None, :]).reshape(-1)  # [_ROWS·|hot|] ids
-    cand = np.concatenate((cand, np.arange(_ROWS * cols, n)))  # + the ragged tail
-    return np.sort(cand[smallest_k(-q[cand], k)])
+    sub = grid[:, hot]  # [_ROWS, |hot|]
+    rows, at = np.nonzero(sub >= t)  # row-major, so the ids below come out ascending
+    ids = rows * cols + hot[at]  # [C >= k]
+    vals = sub[rows, at]
+    if tail.shape[0]:  # tail ids exceed every grid id: appending keeps them ascending
+        keep = np.flatnonzero(tail >= t)
+        ids = np.concatenate((ids, keep + _ROWS * cols))
+        vals = np.concatenate((vals, tail[keep]))
+    # Over ascending ids, a stable sort (or smallest_k) on −q orders by (−q, id).
+    key = -vals
+    top = np.argsort(key, kind="stable")[:k] if key.shape[0] <= _SORT_MAX else smallest_k(key, k)
+    return np.sort(ids[top]).astype(np.int64, copy=False)
 
 
 def sample_counts(counts: np.ndarray, rng: np.random.Generator) -> int:

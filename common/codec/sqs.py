@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -9,17 +10,16 @@ import numpy as np
 from common.codec.base import Codec, exact_body_size
 from common.codec.bitio import BitReader, BitWriter
 from common.codec.draft import Draft
-from common.codec.enumerative import (
-    bits_for,
-    composition_bound,
-    composition_rank,
-    composition_unrank,
-    support_rank,
-    support_unrank,
-)
+from common.codec.enumerative import binomial, bits_for, composition_bound
 from common.codec.lattice import lattice_quantize, lattice_quantize_sparse, sample_counts, top_k_support
 from common.codec.spec import DEFAULT_CSQS_KMAX, CodecSpec
 from common.errors import CodecError
+
+
+@functools.lru_cache(maxsize=8192)
+def _sparse_bounds(vocab: int, ell: int, k: int) -> tuple[int, int, int, int]:
+    sb, cb = binomial(vocab, k), composition_bound(ell, k)
+    return sb, bits_for(sb), cb, bits_for(cb)
 
 
 def _check_counts(counts: np.ndarray | None, size: int, ell: int) -> np.ndarray:
@@ -36,7 +36,7 @@ class QSCodec(Codec):
     def __init__(self, spec: CodecSpec, vocab_size: int) -> None:
         super().__init__(spec, vocab_size)
         self.ell = spec.ell
-        self.count_bound = composition_bound(self.ell, vocab_size)  # C(ℓ+V−1, V−1)
+        self.count_bound = composition_bound(self.ell, self.vocab_size)  # C(ℓ+V−1, V−1)
         self.count_bits = bits_for(self.count_bound)
 
     def formula_bits(self, k: int | None = None) -> int:
@@ -56,7 +56,7 @@ class QSCodec(Codec):
         token = self._check_token(d.token)
         if d.support is not None or d.ell != self.ell or counts[token] < 1:
             raise CodecError("qs draft must be dense counts at this ell with count[token] >= 1")
-        w.write(composition_rank(counts, self.ell), self.count_bits)
+        w.write(self.ranks.composition_rank(counts, self.ell), self.count_bits)
         w.write(token, self.token_bits)
 
     def _read(self, r: BitReader) -> Draft:
@@ -66,7 +66,7 @@ class QSCodec(Codec):
         token = r.read(self.token_bits)
         if token >= self.vocab_size:
             raise CodecError(f"token {token} outside the vocabulary")
-        counts = composition_unrank(rank, self.ell, self.vocab_size)  # [V]
+        counts = self.ranks.composition_unrank(rank, self.ell, self.vocab_size)  # [V]
         if counts[token] < 1:
             raise CodecError("draft token has count 0")
         return Draft(token=token, support=None, counts=counts, ell=self.ell)
@@ -81,18 +81,10 @@ class SparseCodec(Codec):
     def __init__(self, spec: CodecSpec, vocab_size: int) -> None:
         super().__init__(spec, vocab_size)
         self.ell = spec.ell
-        self._bounds: dict[int, tuple[int, int, int, int]] = {}
 
     def bounds(self, k: int) -> tuple[int, int, int, int]:
-        """(C(V,K), bits, C(ℓ+K−1,K−1), bits) for support size K, cached."""
-        got = self._bounds.get(k)
-        if got is None:
-            sb = math.comb(self.vocab_size, k)
-            cb = composition_bound(self.ell, k)
-            got = (sb, bits_for(sb), cb, bits_for(cb))
-            if len(self._bounds) < 4096:
-                self._bounds[k] = got
-        return got
+        """(C(V,K), bits, C(ℓ+K−1,K−1), bits) for support size K, cached process-wide."""
+        return _sparse_bounds(self.vocab_size, self.ell, k)
 
     def sparse_bits(self, k: int) -> int:
         """⌈log2 C(V,K)⌉ + ⌈log2 C(ℓ+K−1,K−1)⌉ + ⌈log2 K⌉ (method.md §5)."""
@@ -140,8 +132,8 @@ class SparseCodec(Codec):
         if idx >= k or int(support[idx]) != d.token or counts[idx] < 1:
             raise CodecError("draft token must be in the support with count >= 1")
         _, sbits, _, cbits = self.bounds(k)
-        w.write(support_rank(support, self.vocab_size), sbits)
-        w.write(composition_rank(counts, self.ell), cbits)
+        w.write(self.ranks.support_rank(support, self.vocab_size), sbits)
+        w.write(self.ranks.composition_rank(counts, self.ell), cbits)
         w.write(idx, bits_for(k))
 
     def _read(self, r: BitReader) -> Draft:
@@ -158,10 +150,10 @@ class SparseCodec(Codec):
         idx = r.read(bits_for(k))
         if idx >= k:
             raise CodecError("token index out of range")
-        counts = composition_unrank(crank, self.ell, k)  # [K]
+        counts = self.ranks.composition_unrank(crank, self.ell, k)  # [K]
         if counts[idx] < 1:
             raise CodecError("draft token has count 0")
-        support = support_unrank(srank, self.vocab_size, k)  # [K]
+        support = self.ranks.support_unrank(srank, self.vocab_size, k)  # [K]
         return Draft(token=int(support[idx]), support=support, counts=counts, ell=self.ell)
 
 

@@ -16,6 +16,8 @@ from common.codec.bitio import BitWriter
 from common.codec.enumerative import composition_unrank
 from common.errors import CodecError
 
+pytestmark = pytest.mark.usefixtures("bigint_backend")  # every test under both big-int backends
+
 
 @pytest.mark.parametrize(
     ("spec", "canonical"),

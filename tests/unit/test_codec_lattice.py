@@ -155,3 +155,19 @@ def test_lattice_matches_reference_on_long_vectors(m: int, ell: int, seed: int, 
     ids, counts = lattice_quantize_sparse(p, ell)
     np.testing.assert_array_equal(ids, np.flatnonzero(want))
     np.testing.assert_array_equal(counts, want[want > 0])
+
+
+@FAST
+@given(
+    cols=st.integers(17, 80),
+    tail=st.integers(0, 63),
+    k=st.integers(1, 8),
+    levels=st.integers(2, 1000),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_top_k_prefilter_matches_stable_sort(cols: int, tail: int, k: int, levels: int, seed: int) -> None:
+    """Vocabularies past 128·k take the grouped prefilter (and its ragged tail); few levels = ties."""
+    n = 64 * cols + tail
+    q = np.random.default_rng(seed).integers(0, levels, n).astype(np.float64)
+    want = np.sort(np.lexsort((np.arange(n), -q))[:k])
+    np.testing.assert_array_equal(top_k_support(q, k), want)

@@ -14,6 +14,8 @@ import pytest
 from common.codec import Codec, Draft, make_codec
 from common.sampling import verify
 
+pytestmark = pytest.mark.usefixtures("bigint_backend")  # the wire round trip under both backends
+
 SPECS = [
     "dense:fp32",
     "dense:fp16",
