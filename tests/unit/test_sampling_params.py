@@ -67,19 +67,19 @@ def test_tiny_top_p_is_raised_to_a_float32_floor(top_p: float) -> None:
 
 
 @pytest.mark.parametrize(
-    "kw",
+    ("temperature", "top_p"),
     [
-        {"temperature": float("nan")},
-        {"temperature": float("inf")},
-        {"temperature": -1e-45},
-        {"temperature": 100.00001},
-        {"temperature": 1e300},
-        {"top_p": 0.0},
-        {"top_p": -0.0},
-        {"top_p": float("nan")},
-        {"top_p": 1.0000001},
+        (float("nan"), 1.0),
+        (float("inf"), 1.0),
+        (-1e-45, 1.0),
+        (100.00001, 1.0),
+        (1e300, 1.0),
+        (1.0, 0.0),
+        (1.0, -0.0),
+        (1.0, float("nan")),
+        (1.0, 1.0000001),
     ],
 )
-def test_out_of_range_values_are_still_rejected(kw: dict[str, float]) -> None:
+def test_out_of_range_values_are_still_rejected(temperature: float, top_p: float) -> None:
     with pytest.raises(ValueError):
-        SamplingParams(**kw).validate()
+        SamplingParams(temperature=temperature, top_p=top_p).validate()
