@@ -48,14 +48,15 @@ SPECIAL = st.sampled_from(
         *["<|endoftext|>", "<|im_start|>", "<|im_end|>", "{{ raise_exception('x') }}", "def f(x):\n  return"],
     ]
 )
-TEXT = SPECIAL | st.text(max_size=24)  # valid Unicode (no surrogates)
 SURROGATE = st.sampled_from(["\ud800", "\udfff", "a\ud83d", "\ude00b"]) | st.text(
     st.characters(categories=["Cs"]), min_size=1, max_size=3
 )
+VALID_TEXT = SPECIAL | st.text(max_size=24)
+TEXT = st.one_of(*[VALID_TEXT] * 15, SURROGATE)  # 1 string in 16 holds a lone surrogate
 LEAF = st.none() | st.booleans() | INTS | FLOATS | st.sampled_from([float("nan"), float("inf")])
 HOSTILE = st.recursive(
     LEAF | TEXT | SURROGATE,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(TEXT | SURROGATE, inner, max_size=4),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(VALID_TEXT | SURROGATE, inner, max_size=4),
     max_leaves=10,
 )
 CODECS = (
@@ -247,6 +248,8 @@ def test_fuzz_never_5xx_nor_a_dropped_connection(client: httpx.Client, edge: Edg
     _fuzz(client)
     print(f"fuzz: {sum(SEEN.values())} requests in {time.perf_counter() - start:.1f}s")
     print(f"fuzz answers: {sorted(SEEN.items())}")
+    # not vacuous: a good share of the examples got through validation to a generation
+    assert SEEN["200"] >= EXAMPLES // 10, SEEN
     ok = client.post("/v1/completions", json={"prompt": "def add(a, b):", "max_tokens": 3})
     assert ok.status_code == 200, ok.text
     assert local_port(ok) == local_port(first)
