@@ -21,7 +21,7 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 async def read_body(request: Request, limit: int) -> bytes:
     """The raw body, or 413 as soon as it is known to exceed `limit` bytes (Content-Length first)."""
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:  # "²".isdigit() too
         raise body_too_large(int(declared), limit)  # not read at all; the server discards it
     chunks: list[bytes] = []
     size = 0

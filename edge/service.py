@@ -232,7 +232,7 @@ def _given_ids(body: CompletionRequest | ChatCompletionRequest) -> list[int] | N
 
 
 def _text_chars(body: CompletionRequest | ChatCompletionRequest) -> int:
-    """Characters the tokenizer will see, about (len() is O(1); no copy of the text)."""
+    """About the characters the tokenizer will see (cheap: lengths only, no tokenizing)."""
     if isinstance(body, ChatCompletionRequest):
         return sum(len(m.text()) + MESSAGE_OVERHEAD_CHARS for m in body.messages)
     return len(body.prompt) if isinstance(body.prompt, str) else len(str(body.prompt[0]))
