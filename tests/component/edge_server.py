@@ -10,7 +10,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import httpx
 import uvicorn
 
 from edge.app import start_service
@@ -88,16 +87,3 @@ class EdgeThread:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def one_connection(url: str, timeout: float = 60.0) -> httpx.Client:
-    """A client that can hold exactly one keep-alive connection (reconnects are visible via local_port)."""
-    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-    return httpx.Client(base_url=url, timeout=timeout, limits=limits)
-
-
-def local_port(response: httpx.Response) -> int:
-    """The client-side port of the connection that carried `response`."""
-    stream = response.extensions["network_stream"]
-    addr = stream.get_extra_info("client_addr")
-    return int(addr[1])

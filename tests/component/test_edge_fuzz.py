@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 
 from cloud.testing import ServerThread, tiny_config
 from edge.config import EdgeConfig
-from tests.component.edge_server import EdgeThread, local_port, one_connection
+from tests.component.edge_server import EdgeThread
 from tests.component.test_edge_app import sse_events
+from tests.httpcheck import local_port, one_connection
 
 # ---- values -------------------------------------------------------------------------------------
 # A request is a plausible body for its endpoint (every field optional, numbers at their extremes,

@@ -5,11 +5,8 @@ from __future__ import annotations
 import json
 import random
 import string
-import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from functools import partial
 from typing import Any
 
@@ -19,10 +16,9 @@ import pytest
 from cloud.testing import ServerThread, tiny_config
 from edge.config import EdgeConfig
 from edge.service import INLINE_TOKENIZE_CHARS
-from tests.component.edge_server import EdgeThread, local_port, one_connection
+from tests.component.edge_server import EdgeThread
+from tests.httpcheck import assert_health_fast, local_port, one_connection
 
-HEALTH_BOUND_S = 0.050  # the issue's bound: /health answers within 50 ms under any single request
-ATTEMPTS = 5  # latency checks take the best of a few tries: this machine is shared
 PROMPT = [5, 17, 300, 42, 7]
 JSON = {"content-type": "application/json"}
 
@@ -173,59 +169,6 @@ def test_valid_surrogate_pairs_and_odd_characters_are_fine(client: httpx.Client)
 
 
 # ---- sizes and the event loop -----------------------------------------------------------------
-
-
-def probe_health(url: str, hostile: Callable[[], httpx.Response]) -> tuple[httpx.Response, list[float]]:
-    """Run `hostile` while another connection polls /health; its answer and every /health latency."""
-    stop = threading.Event()
-    started = threading.Event()
-
-    def poll() -> list[tuple[float, int]]:
-        out: list[tuple[float, int]] = []
-        with one_connection(url) as c:
-            c.get("/health")  # connected before the window
-            started.set()
-            while not stop.is_set():
-                t = time.perf_counter()
-                status = c.get("/health").status_code
-                out.append((time.perf_counter() - t, status))
-        return out
-
-    with ThreadPoolExecutor(1) as pool:
-        poller = pool.submit(poll)
-        try:
-            assert started.wait(10), "the /health poller did not connect"
-            r = hostile()
-        finally:
-            stop.set()  # always: the poller must not outlive a failure
-        probes = poller.result(30)
-    assert {status for _, status in probes} == {200}, f"/health answered {probes}"
-    return r, [latency for latency, _ in probes]
-
-
-def assert_health_fast(
-    url: str, hostile: Callable[[], httpx.Response], check: Callable[[httpx.Response], None]
-) -> None:
-    """/health stays under the bound while `hostile` runs (best of ATTEMPTS: the host is shared).
-
-    Edge, cloud and both clients share this process's GIL here (not so in production); a short
-    switch interval keeps that artefact out of the latencies. A call that blocks the event loop
-    stalls /health whatever the interval.
-    """
-    worst: list[float] = []
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-4)
-    try:
-        for _ in range(ATTEMPTS):
-            r, latencies = probe_health(url, hostile)
-            check(r)
-            worst.append(max(latencies))
-            if worst[-1] < HEALTH_BOUND_S:
-                return
-    finally:
-        sys.setswitchinterval(interval)
-    shown = ", ".join(f"{w * 1000:.0f} ms" for w in worst)
-    pytest.fail(f"/health took {shown} at worst in {ATTEMPTS} tries under a hostile request (bound 50 ms)")
 
 
 def test_one_megabyte_prompt_is_413_at_once_and_the_connection_stays(

@@ -5,15 +5,15 @@ from __future__ import annotations
 import json
 import random
 import string
-import threading
-import time
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import httpx
 import pytest
 
 from common.launch import Stack
+from tests.httpcheck import assert_health_fast, local_port, one_connection
 from tests.integration.stack import scrape, start_stack
 
 pytestmark = pytest.mark.integration
@@ -25,16 +25,6 @@ LONE = "\\ud800"
 @pytest.fixture(scope="module")
 def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     yield from start_stack(request, tmp_path_factory.mktemp("hostile"))
-
-
-def one_connection(url: str) -> httpx.Client:
-    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-    return httpx.Client(base_url=url, timeout=60, limits=limits)
-
-
-def local_port(r: httpx.Response) -> int:
-    """Client-side port of the connection that carried `r` (a reconnect changes it)."""
-    return int(r.extensions["network_stream"].get_extra_info("client_addr")[1])
 
 
 def big_chunks(total: int) -> Iterator[bytes]:
@@ -111,45 +101,17 @@ def test_hostile_batch_on_one_keep_alive_connection(stack: Stack) -> None:
     assert not any(v for k, v in errors.items() if 'code="5' in k), errors
 
 
-def probe_health(url: str, body: bytes) -> tuple[httpx.Response, list[tuple[float, int]]]:
-    """POST `body` while a second connection polls /health: the answer and each (latency, status)."""
-    probes: list[tuple[float, int]] = []
-    stop, started = threading.Event(), threading.Event()
-
-    def poll() -> None:
-        with one_connection(url) as c:
-            c.get("/health")
-            started.set()
-            while not stop.is_set():
-                t = time.perf_counter()
-                status = c.get("/health").status_code
-                probes.append((time.perf_counter() - t, status))
-
-    with one_connection(url) as c:
-        poller = threading.Thread(target=poll)
-        poller.start()
-        try:
-            assert started.wait(10), "the /health poller did not connect"
-            r = c.post("/v1/completions", content=body, headers=JSON)
-        finally:
-            stop.set()
-            poller.join(30)
-    return r, probes
-
-
 def test_health_stays_fast_while_the_largest_body_is_tokenized(stack: Stack) -> None:
     """The edge's own process: /health within 50 ms while a prompt just under the body limit is tokenized."""
     rng = random.Random(0)
     text = "".join(rng.choice(string.ascii_letters + " ") for _ in range(190_000))
     body = json.dumps({"prompt": text}).encode()
-    worst: list[float] = []
-    for _ in range(3):  # best of three: the host is shared
-        r, probes = probe_health(stack.edge_url, body)
+
+    def check(r: httpx.Response) -> None:
         assert r.status_code == 413, r.text
         assert r.json()["error"]["code"] == "context_length_exceeded"
-        assert probes, "no /health answer during the request"
-        assert {status for _, status in probes} == {200}, probes
-        worst.append(max(latency for latency, _ in probes))
-        if worst[-1] < 0.050:
-            return
-    pytest.fail(f"/health took {[f'{w * 1000:.0f} ms' for w in worst]} at worst (bound 50 ms)")
+
+    with one_connection(stack.edge_url) as c:
+        assert_health_fast(
+            stack.edge_url, partial(c.post, "/v1/completions", content=body, headers=JSON), check
+        )
