@@ -1,18 +1,20 @@
 """The one place where edge failures become HTTP statuses and OpenAI-style error bodies.
 
 status  type                   code                        when
-400     invalid_request_error  invalid_json, invalid_type, bad JSON, schema errors (strict types),
-                               invalid_value,              bad values, unsupported params (n != 1,
-                               unsupported_parameter       logprobs, ...), bad draftlink overrides
+400     invalid_request_error  invalid_json, invalid_type, bad JSON (not UTF-8, NaN/Infinity, not
+                               invalid_value,              an object), schema errors (strict types),
+                               unsupported_parameter       bad values (lone surrogates included),
+                                                           unsupported params (n != 1, logprobs, ...)
 401     authentication_error   invalid_api_key             --api-key set and the bearer token is wrong
 404     invalid_request_error  model_not_found             `model` is not a served name
-413     invalid_request_error  context_length_exceeded     prompt longer than the limit
+413     invalid_request_error  request_too_large,          body over the byte limit (before parsing),
+                               context_length_exceeded     prompt longer than the token limit
 429     rate_limit_error       too_many_requests           all --max-concurrency slots busy (no queue)
 502     server_error           bad_gateway                 the cloud broke the protocol / internal error
 503     service_unavailable    cloud_unavailable,          cloud unreachable or dying,
                                cloud_busy                  or out of sessions (RESOURCE_EXHAUSTED)
 504     timeout                request_timeout             --request-timeout elapsed
-500     server_error           internal_error              a bug on the edge
+500     server_error           internal_error              a bug on the edge (the connection stays open)
 """
 
 from __future__ import annotations
@@ -37,6 +39,15 @@ from common.rounds import ProtocolViolationError
 from common.rpc.status import code_for, error_from_rpc
 
 log = logging.getLogger("draftlink.edge.errors")
+MAX_MESSAGE_CHARS = 1000  # error messages may quote client input; keep bodies small
+MAX_PARAM_CHARS = 200
+
+
+def printable(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters, lone surrogates escaped (a JSON body must encode as UTF-8)."""
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class APIError(Exception):
@@ -52,12 +63,13 @@ class APIError(Exception):
         param: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
+        message = printable(message, MAX_MESSAGE_CHARS)
         super().__init__(message)
         self.status = status
         self.message = message
         self.type = type
         self.code = code
-        self.param = param
+        self.param = None if param is None else printable(param, MAX_PARAM_CHARS)
         self.headers = headers or {}
 
     def body(self) -> dict[str, Any]:
@@ -66,6 +78,10 @@ class APIError(Exception):
 
 def bad_request(message: str, param: str | None = None, code: str = "invalid_value") -> APIError:
     return APIError(400, message, param=param, code=code)
+
+
+def invalid_json(message: str) -> APIError:
+    return bad_request(f"invalid JSON body: {message}", code="invalid_json")
 
 
 def unauthorized() -> APIError:
@@ -83,9 +99,14 @@ def model_not_found(name: str, served: Sequence[str]) -> APIError:
     return APIError(404, msg, param="model", code="model_not_found")
 
 
-def prompt_too_long(tokens: int, limit: int) -> APIError:
+def prompt_too_long(tokens: int, limit: int, param: str = "prompt") -> APIError:
     msg = f"the prompt has {tokens} tokens, more than the limit of {limit}"
-    return APIError(413, msg, param="prompt", code="context_length_exceeded")
+    return APIError(413, msg, param=param, code="context_length_exceeded")
+
+
+def body_too_large(size: int, limit: int) -> APIError:
+    msg = f"the request body has {size} bytes or more, more than the limit of {limit} bytes"
+    return APIError(413, msg, code="request_too_large")
 
 
 def too_many_requests(limit: int) -> APIError:
@@ -159,15 +180,20 @@ def from_exception(exc: BaseException) -> APIError:
     return APIError(500, f"internal error: {type(exc).__name__}", type="server_error", code="internal_error")
 
 
+_UNION_TAGS = frozenset({"str", "int", "float", "bool", "none"})
+
+
 def from_validation(errors: Sequence[Any]) -> APIError:
     """FastAPI/pydantic validation errors → 400 (one status for every schema problem)."""
     if not errors:
         return bad_request("invalid request body")
     first = errors[0]
-    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
     kind = str(first.get("type", ""))
-    if kind.startswith("json") or (kind == "model_attributes_type" and not loc):
-        return bad_request(f"invalid JSON body: {first.get('msg', '')}", code="invalid_json")
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    if kind != "extra_forbidden":  # drop pydantic's union-member tags: prompt.list[int].2 → prompt.2
+        loc = [p for p in loc if p not in _UNION_TAGS and "[" not in p]
+    if kind.startswith("json") or (kind in ("model_type", "model_attributes_type") and not loc):
+        return invalid_json(str(first.get("msg", "")))
     param = ".".join(loc) or None
     code = "invalid_type" if kind.endswith("_type") or kind.endswith("_parsing") else "invalid_value"
     return bad_request(f"{param or 'body'}: {first.get('msg', 'invalid')}", param=param, code=code)

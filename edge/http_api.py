@@ -5,19 +5,20 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
 import common
-from edge.errors import APIError, from_exception, from_validation, unauthorized
+from edge.body import parse_json, read_body, validate
+from edge.errors import APIError, from_exception, from_validation
+from edge.gate import Gate
 from edge.metrics import CONTENT_TYPE
 from edge.schema import (
     ChatCompletionRequest,
@@ -31,6 +32,7 @@ from edge.service import EdgeService, Run
 
 log = logging.getLogger("draftlink.edge.http")
 T = TypeVar("T")
+Body = TypeVar("Body", CompletionRequest, ChatCompletionRequest)
 DONE = "data: [DONE]\n\n"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -84,21 +86,21 @@ class Routes:
     def __init__(self, service: EdgeService) -> None:
         self.s = service
 
-    def check_auth(self, request: Request) -> None:
-        key = self.s.cfg.api_key
-        if key is None:
-            return
-        got = request.headers.get("authorization", "")
-        scheme, _, token = got.partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), key.encode()):
-            raise unauthorized()
+    async def parse(self, request: Request, model: type[Body]) -> Body:
+        """Body → request model: byte limit before reading it all, strict JSON, then the schema."""
+        raw = await read_body(request, self.s.limits.max_body_bytes)
+        return validate(model, parse_json(raw))
 
     async def generate(self, body: CompletionRequest | ChatCompletionRequest, request: Request) -> Response:
         arrival = time.perf_counter()
         chat = isinstance(body, ChatCompletionRequest)
-        req = self.s.resolve(body)
+        req = await self.s.resolve(body)
         self.s.acquire()
-        gen = self.s.new_generation(req)
+        try:
+            gen = self.s.new_generation(req)
+        except BaseException:
+            self.s.release()  # the slot must come back whatever failed
+            raise
         run = Run(gen, self.s.drafter.lm.tokenizer, body.stop_strings(), self.s.metrics, arrival)
         try:
             await until_disconnect(request, gen.start())
@@ -189,12 +191,18 @@ def build_app(service: EdgeService) -> FastAPI:
     """The HTTP app (routes, auth on /v1/*, every error as an OpenAI-style body)."""
     app = FastAPI(title="draftlink edge", version=common.__version__, docs_url=None, redoc_url=None)
     routes = Routes(service)
-    auth = [Depends(routes.check_auth)]
     metrics = service.metrics
+
+    def count(err: APIError) -> None:
+        metrics.request_errors.labels(code=str(err.status)).inc()
+
+    # The key is checked in front of FastAPI, so no body is read (or judged) without it; the same
+    # layer turns any uncaught exception into a 500 without closing the connection.
+    app.add_middleware(Gate, api_key=service.cfg.api_key, on_error=count)
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
-        metrics.request_errors.labels(code=str(exc.status)).inc()
+        count(exc)
         return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
@@ -207,19 +215,17 @@ def build_app(service: EdgeService) -> FastAPI:
         err = APIError(exc.status_code, str(exc.detail), code=code)
         return await _api_error(request, err)
 
-    @app.exception_handler(Exception)
-    async def _internal(request: Request, exc: Exception) -> JSONResponse:
-        return await _api_error(request, from_exception(exc))
+    # No handler for Exception here: Starlette would re-raise it after answering (see edge.gate).
 
-    @app.post("/v1/completions", dependencies=auth)
-    async def completions(body: CompletionRequest, request: Request) -> Response:
-        return await routes.generate(body, request)
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await routes.generate(await routes.parse(request, CompletionRequest), request)
 
-    @app.post("/v1/chat/completions", dependencies=auth)
-    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-        return await routes.generate(body, request)
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        return await routes.generate(await routes.parse(request, ChatCompletionRequest), request)
 
-    @app.get("/v1/models", dependencies=auth)
+    @app.get("/v1/models")
     async def models() -> JSONResponse:
         return JSONResponse(models_body([service.model_name], service.created))
 

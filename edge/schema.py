@@ -11,13 +11,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from edge.config import MAX_DRAFT_LEN
 
 MAX_STOP_STRINGS = 16
+MAX_STOP_CHARS = 1024  # the detokenizer holds back len(stop) - 1 characters and searches them per token
+MAX_CODEC_SPEC_CHARS = 256
 Mode = Literal["speculative", "cloud-only"]
 
 
 class _Strict(BaseModel):
-    """Strict types (no "5" → 5 coercion); unknown OpenAI parameters are ignored, not rejected."""
+    """Strict types (no "5" → 5 coercion, finite floats only); unknown OpenAI parameters are ignored."""
 
-    model_config = ConfigDict(strict=True, extra="allow")
+    model_config = ConfigDict(strict=True, extra="allow", allow_inf_nan=False)
 
 
 class DraftlinkOptions(BaseModel):
@@ -25,7 +27,7 @@ class DraftlinkOptions(BaseModel):
 
     model_config = ConfigDict(strict=True, extra="forbid")
     mode: Mode = "speculative"
-    codec: str | None = None
+    codec: str | None = Field(default=None, max_length=MAX_CODEC_SPEC_CHARS)
     draft_len: int | None = Field(default=None, ge=1, le=MAX_DRAFT_LEN)
     pipeline: bool | None = None  # streamed rounds (default: the edge's --pipeline)
 
@@ -75,8 +77,8 @@ class _GenerationRequest(_Strict):
         if self.logit_bias:
             return "logit_bias", "logit_bias is not supported"
         stops = self.stop_strings()
-        if len(stops) > MAX_STOP_STRINGS or any(not s for s in stops):
-            return "stop", f"stop must hold 1..{MAX_STOP_STRINGS} non-empty strings"
+        if len(stops) > MAX_STOP_STRINGS or any(not 0 < len(s) <= MAX_STOP_CHARS for s in stops):
+            return "stop", f"stop must hold 1..{MAX_STOP_STRINGS} strings of 1..{MAX_STOP_CHARS} characters"
         return None
 
 

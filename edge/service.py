@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -29,6 +30,14 @@ from edge.schema import ChatCompletionRequest, CompletionRequest, new_id, usage
 from edge.session import Generation, GenRequest, make_generation
 
 log = logging.getLogger("draftlink.edge.service")
+# The body limit is derived from the prompt limit: a generous 32 bytes per prompt token (a JSON
+# token id takes <= 8, an escaped non-ASCII character 6-12) plus 64 KiB for everything else.
+BODY_BYTES_BASE = 64 * 1024
+BODY_BYTES_PER_TOKEN = 32
+# Prompts longer than this many characters are tokenized on a worker thread: the tokenizer releases
+# the GIL, so /health and open streams keep being served while a large prompt is tokenized.
+INLINE_TOKENIZE_CHARS = 4096
+MESSAGE_OVERHEAD_CHARS = 16  # what the chat template adds around each message, roughly
 
 
 @dataclass(frozen=True)
@@ -39,6 +48,11 @@ class Limits:
     max_prompt_tokens: int
     max_draft_len: int
     codec_kinds: frozenset[str]  # empty = the cloud did not say (no check)
+
+    @property
+    def max_body_bytes(self) -> int:
+        """Largest request body read (413 above, before parsing)."""
+        return BODY_BYTES_BASE + BODY_BYTES_PER_TOKEN * self.max_prompt_tokens
 
     @staticmethod
     def from_info(cfg: EdgeConfig, info: ServerInfo) -> Limits:
@@ -78,8 +92,11 @@ class EdgeService:
         self.running = 0
 
     # ---- validation ----------------------------------------------------------------------
-    def resolve(self, body: CompletionRequest | ChatCompletionRequest) -> GenRequest:
-        """Validate a request and turn it into a GenRequest (APIError 400/404/413 otherwise)."""
+    async def resolve(self, body: CompletionRequest | ChatCompletionRequest) -> GenRequest:
+        """Validate a request and turn it into a GenRequest (APIError 400/404/413 otherwise).
+
+        The cheap checks run first, tokenization (the only step that grows with the input) last.
+        """
         bad = body.unsupported()
         if bad is not None:
             raise bad_request(bad[1], param=bad[0], code="unsupported_parameter")
@@ -87,20 +104,8 @@ class EdgeService:
             raise model_not_found(body.model, sorted(self.aliases))
         max_new = self._max_tokens(body.requested_max_tokens(), isinstance(body, ChatCompletionRequest))
         mode, codec, draft_len = self._overrides(body)
-        prompt = self.prompt_ids(body)
-        sampling = SamplingParams(
-            temperature=self.cfg.temperature if body.temperature is None else body.temperature,
-            top_p=self.cfg.top_p if body.top_p is None else body.top_p,
-            # every request is seeded: both sides key their randomness by (seed, position), which
-            # makes a resumed generation continue exactly (an unseeded request gets a fresh seed)
-            seed=fresh_seed() if body.seed is None else body.seed,
-            max_new_tokens=max_new,
-            stop_token_ids=() if body.ignore_eos else tuple(self.drafter.lm.eos_token_ids),
-        )
-        try:
-            sampling.validate()
-        except ValueError as exc:
-            raise bad_request(str(exc)) from None
+        sampling = self._sampling(body, max_new)
+        prompt = await self.prompt_ids(body)
         opts = body.draftlink
         pipeline = opts.pipeline if opts is not None and opts.pipeline is not None else self.cfg.pipeline
         return GenRequest(
@@ -114,6 +119,23 @@ class EdgeService:
             pipeline=pipeline,
             pipeline_depth=self.cfg.pipeline_depth,
         )
+
+    def _sampling(self, body: CompletionRequest | ChatCompletionRequest, max_new: int) -> SamplingParams:
+        """SamplingParams normalises (greedy below 1e-5, float32 precision) for edge and cloud alike."""
+        sampling = SamplingParams(
+            temperature=self.cfg.temperature if body.temperature is None else body.temperature,
+            top_p=self.cfg.top_p if body.top_p is None else body.top_p,
+            # every request is seeded: both sides key their randomness by (seed, position), which
+            # makes a resumed generation continue exactly (an unseeded request gets a fresh seed)
+            seed=fresh_seed() if body.seed is None else body.seed,
+            max_new_tokens=max_new,
+            stop_token_ids=() if body.ignore_eos else tuple(self.drafter.lm.eos_token_ids),
+        )
+        try:
+            sampling.validate()
+        except ValueError as exc:
+            raise bad_request(str(exc)) from None
+        return sampling
 
     def _max_tokens(self, requested: int | None, chat: bool) -> int:
         param = "max_completion_tokens" if chat else "max_tokens"
@@ -132,7 +154,7 @@ class EdgeService:
         draft_len = opts.draft_len if opts and opts.draft_len is not None else self.cfg.draft_len
         try:
             kind = codec_kind(codec)
-        except CodecError as exc:
+        except (CodecError, ValueError) as exc:
             raise bad_request(f"invalid codec spec {codec!r}: {exc}", param="draftlink.codec") from None
         if self.limits.codec_kinds and kind not in self.limits.codec_kinds:
             kinds = ", ".join(sorted(self.limits.codec_kinds))
@@ -145,28 +167,46 @@ class EdgeService:
         return mode, codec, draft_len
 
     # ---- prompts ---------------------------------------------------------------------------
-    def prompt_ids(self, body: CompletionRequest | ChatCompletionRequest) -> list[int]:
-        """Tokenize the prompt (chat: the tokenizer's chat template); 400 when empty, 413 when too long."""
-        tok = self.drafter.lm.tokenizer
-        if isinstance(body, ChatCompletionRequest):
-            ids = self._chat_ids(body)
-        elif isinstance(body.prompt, str):
-            ids = list(tok.encode(body.prompt))
-        elif body.prompt and isinstance(body.prompt[0], str):
-            ids = list(tok.encode(str(body.prompt[0])))
+    async def prompt_ids(self, body: CompletionRequest | ChatCompletionRequest) -> list[int]:
+        """Tokenize the prompt (chat: the chat template), on a worker thread when it is large.
+
+        400 when empty, 413 when over the token limit; token id lists are counted before anything else.
+        """
+        chat = isinstance(body, ChatCompletionRequest)
+        param = "messages" if chat else "prompt"
+        given = _given_ids(body)
+        if given is not None:
+            ids = self._check_ids(given)
+        elif _text_chars(body) > INLINE_TOKENIZE_CHARS:
+            ids = await asyncio.to_thread(self._tokenize, body)
         else:
-            ids = [int(t) for t in body.prompt]
-            vocab = self.drafter.lm.vocab_size
-            if any(not 0 <= t < vocab for t in ids):
-                raise bad_request(f"prompt token ids must be in [0, {vocab})", param="prompt")
+            ids = self._tokenize(body)
         if not ids:
-            raise bad_request(
-                "the prompt is empty",
-                param="messages" if isinstance(body, ChatCompletionRequest) else "prompt",
-            )
+            raise bad_request("the prompt is empty", param=param)
+        if len(ids) > self.limits.max_prompt_tokens:
+            raise prompt_too_long(len(ids), self.limits.max_prompt_tokens, param)
+        return ids
+
+    def _check_ids(self, ids: list[int]) -> list[int]:
         if len(ids) > self.limits.max_prompt_tokens:
             raise prompt_too_long(len(ids), self.limits.max_prompt_tokens)
+        vocab = self.drafter.lm.vocab_size
+        if ids and (min(ids) < 0 or max(ids) >= vocab):
+            raise bad_request(f"prompt token ids must be in [0, {vocab})", param="prompt")
         return ids
+
+    def _tokenize(self, body: CompletionRequest | ChatCompletionRequest) -> list[int]:
+        """Text → ids (blocking; may run on a worker thread)."""
+        if isinstance(body, ChatCompletionRequest):
+            return self._chat_ids(body)
+        text = body.prompt if isinstance(body.prompt, str) else str(body.prompt[0])
+        return self._encode(text, "prompt")
+
+    def _encode(self, text: str, param: str, **kw: bool) -> list[int]:
+        try:
+            return list(self.drafter.lm.tokenizer.encode(text, **kw))
+        except (TypeError, ValueError) as exc:  # input the schema let through but the tokenizer refuses
+            raise bad_request(f"cannot tokenize the prompt: {exc}", param=param) from None
 
     def _chat_ids(self, body: ChatCompletionRequest) -> list[int]:
         tok = self.drafter.lm.tokenizer
@@ -177,7 +217,7 @@ class EdgeService:
             text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         except Exception as exc:  # template errors (e.g. role order) are the client's
             raise bad_request(f"cannot apply the chat template: {exc}", param="messages") from None
-        return list(tok.encode(str(text), add_special_tokens=False))
+        return self._encode(str(text), "messages", add_special_tokens=False)
 
     # ---- concurrency -------------------------------------------------------------------------
     def acquire(self) -> None:
@@ -193,6 +233,22 @@ class EdgeService:
 
     def new_generation(self, req: GenRequest) -> Generation:
         return make_generation(req, self.client, self.metrics, self.drafter)
+
+
+def _given_ids(body: CompletionRequest | ChatCompletionRequest) -> list[int] | None:
+    """The prompt when it is a list of token ids rather than text."""
+    if isinstance(body, ChatCompletionRequest) or not isinstance(body.prompt, list):
+        return None
+    if body.prompt and isinstance(body.prompt[0], str):
+        return None
+    return [int(t) for t in body.prompt]
+
+
+def _text_chars(body: CompletionRequest | ChatCompletionRequest) -> int:
+    """About the characters the tokenizer will see (cheap: lengths only, no tokenizing)."""
+    if isinstance(body, ChatCompletionRequest):
+        return sum(len(m.text()) + MESSAGE_OVERHEAD_CHARS for m in body.messages)
+    return len(body.prompt) if isinstance(body.prompt, str) else len(str(body.prompt[0]))
 
 
 class Run:
