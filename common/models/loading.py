@@ -135,6 +135,26 @@ def _load_any(spec: str, dtype: torch.dtype) -> tuple[Any, Any]:
     return load_gguf(path, dtype)
 
 
+def _spread(model: Any) -> Any:
+    """device="auto": spread the layers over every visible GPU (accelerate's device map).
+
+    accelerate is an optional extra (`pip install 'draftlink[multi-gpu]'`); the batched layer
+    keeps each layer's KV cache on that layer's device.
+    """
+    try:
+        from accelerate import dispatch_model, infer_auto_device_map
+    except ImportError:
+        raise ModelError(
+            "device 'auto' (a model spread over several GPUs) needs the optional 'accelerate' "
+            "package: pip install 'draftlink[multi-gpu]'"
+        ) from None
+    device_map = infer_auto_device_map(
+        model, no_split_module_classes=getattr(model, "_no_split_modules", None)
+    )
+    log.info("device map over %d device(s): %s", len(set(device_map.values())), device_map)
+    return dispatch_model(model, device_map=device_map)
+
+
 def load_model(
     spec: str,
     *,
@@ -146,11 +166,15 @@ def load_model(
     """Load a model spec (``builtin:``, ``hf:``, ``gguf:``); ModelError when it cannot."""
     if dtype not in DTYPES:
         raise ModelError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPES)}")
+    if device not in ("cpu", "auto") and not device.startswith("cuda"):
+        raise ModelError(f"unknown device {device!r}; known: cpu, cuda[:N], auto")
     if int8 and (device != "cpu" or DTYPES[dtype] != torch.float32):
         raise ModelError("int8=True needs device='cpu' and dtype='float32' (dynamic quantization)")
     start = time.perf_counter()
     model, tok = _load_any(spec, DTYPES[dtype])
-    model = model.to(device).eval()
+    model = (_spread(model) if device == "auto" else model.to(device)).eval()
+    if device == "auto":
+        device = str(model.get_input_embeddings().weight.device)  # where input ids must go
     for p in model.parameters():
         p.requires_grad_(False)
     if int8:

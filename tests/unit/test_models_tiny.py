@@ -155,3 +155,17 @@ def test_hf_dir_spec_roundtrip(target: LoadedModel, prompt_ids: list[list[int]],
 def test_hf_missing_dir_is_model_error(tmp_path: Path) -> None:
     with pytest.raises(ModelError):
         load_model(f"hf:{tmp_path / 'missing'}")
+
+
+def test_device_auto_without_accelerate_is_a_clear_error() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("accelerate") is not None:
+        pytest.skip("accelerate is installed here: the multi-GPU path would run instead")
+    with pytest.raises(ModelError, match=r"draftlink\[multi-gpu\]"):
+        load_model("builtin:tiny-target", device="auto")
+
+
+def test_unknown_device_is_refused() -> None:
+    with pytest.raises(ModelError, match="unknown device"):
+        load_model("builtin:tiny-target", device="tpu")
