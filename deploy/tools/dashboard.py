@@ -221,10 +221,41 @@ def load_panels() -> list[Panel]:
     ]
 
 
+def batching_panels() -> list[Panel]:
+    """The cloud's continuous batching: how full each target forward is and what it costs."""
+
+    def mean(metric: str, selector: str) -> str:
+        return f"{rate_sum(metric + '_sum', selector)} / {rate_sum(metric + '_count', selector)}"
+
+    return [
+        Panel(
+            "Batch size per target forward",
+            "none",
+            (
+                Query(mean("draftlink_batch_sessions", CLOUD), "sessions (mean)"),
+                *quantiles("draftlink_batch_sessions", CLOUD, "sessions", (0.5, 0.99)),
+                Query(mean("draftlink_batch_tokens", CLOUD), "tokens (mean)"),
+                Query(f"sum(draftlink_model_queue_depth{{{CLOUD}}})", "jobs waiting or running"),
+            ),
+            description="Sessions and tokens that shared one batched target forward (cloud).",
+        ),
+        Panel(
+            "Forward time and queue wait",
+            "s",
+            (
+                *quantiles("draftlink_forward_seconds", CLOUD, "forward", (0.5, 0.99)),
+                *quantiles("draftlink_queue_wait_seconds", CLOUD, "wait before forward", (0.5, 0.99)),
+            ),
+            description="One batched forward, and how long a round waits before its first forward.",
+        ),
+    ]
+
+
 ROWS: tuple[tuple[str, Any], ...] = (
     ("Overview", stat_panels),
     ("Throughput and latency", latency_panels),
     ("Speculative decoding", acceptance_panels),
+    ("Batching (cloud)", batching_panels),
     ("Link and bandwidth", link_panels),
     ("Load and errors", load_panels),
 )
