@@ -11,7 +11,7 @@ from typing import Any
 
 from common.codec import parse_codec_spec
 from common.errors import CodecError
-from common.protocol import ServerInfo
+from common.protocol import FEATURE_CHAIN, ServerInfo
 from common.sampling import fresh_seed
 from common.types import SamplingParams
 from edge.client import CloudClient
@@ -108,6 +108,7 @@ class EdgeService:
         prompt = await self.prompt_ids(body)
         opts = body.draftlink
         pipeline = opts.pipeline if opts is not None and opts.pipeline is not None else self.cfg.pipeline
+        pipeline = pipeline and FEATURE_CHAIN in self.info.features  # an older cloud: serial rounds
         return GenRequest(
             new_id("req"),
             tuple(prompt),
