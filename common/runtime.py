@@ -93,6 +93,7 @@ class _Signals:
         self.stop = asyncio.Event()
         self.forced = asyncio.Event()
         self._loop = asyncio.get_running_loop()
+        self._before = {sig: signal.getsignal(sig) for sig in SIGNALS}
         for sig in SIGNALS:
             self._loop.add_signal_handler(sig, self._on_signal, sig)
 
@@ -105,10 +106,12 @@ class _Signals:
             self.stop.set()
 
     def remove(self) -> None:
+        """Give the signals back to the handlers from before (a process's EarlySignals: a late
+        repeat signal is then only remembered, and cannot turn exit 0 into 143)."""
         for sig in SIGNALS:
             self._loop.remove_signal_handler(sig)
-            # the process is on its way out: a late repeat signal must not turn exit 0 into 143
-            signal.signal(sig, signal.SIG_IGN)
+            before = self._before[sig]
+            signal.signal(sig, before if before is not None else signal.SIG_DFL)
 
 
 async def _first(task: asyncio.Future[Any], event: asyncio.Event) -> bool:

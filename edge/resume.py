@@ -25,6 +25,7 @@ log = logging.getLogger("draftlink.edge.resume")
 
 OPEN_TIMEOUT_S = 10.0  # one open attempt: OpenSession → SessionOpened needs no model work
 CONNECT_WAIT_S = 1.0  # for a channel to (re)connect: longer than its reconnect backoff (edge/client.py)
+QUICK_WINDOW_S = 2.0  # a new request while no cloud is known to be up: two reconnect backoffs
 MAX_STALLED_RESUMES = 3  # resumes in a row without a new token: the request itself may kill clouds
 _PAUSE_S = (0.05, 0.5)  # between rounds of attempts: first pause, longest pause
 
@@ -71,10 +72,11 @@ async def connect(
 
     Patient (a resume, or a new request while the edge saw a healthy cloud): keep trying, with
     short pauses, until `resume_timeout` has passed; then the error says cloud_unavailable.
-    Impatient (a new request while the edge knows no cloud is up): try each target once and
-    fail with the last error, so the client can go elsewhere (503 + Retry-After).
+    Impatient (a new request while the edge knows no cloud is up): keep trying only for
+    QUICK_WINDOW_S (a cloud that just came back is found within one reconnect backoff), then
+    fail with the last error so the client can go elsewhere (503 + Retry-After).
     """
-    window = min(deadline.remaining(), client.resume_timeout) if patient else 0.0
+    window = min(deadline.remaining(), client.resume_timeout if patient else QUICK_WINDOW_S)
     until = time.monotonic() + window
     last, pause = cause, _PAUSE_S[0]
     while True:

@@ -1,4 +1,5 @@
-"""Edge resilience, real processes: the cloud dies mid-request (503 / SSE error), returns, edge recovers."""
+"""Edge resilience, real processes: the cloud dies and stays away past the resume window (503 / SSE
+error saying cloud_unavailable), then returns and the edge recovers. Resumes that succeed: test_resume.py."""
 
 from __future__ import annotations
 
@@ -19,9 +20,13 @@ pytestmark = pytest.mark.integration
 LONG = {"prompt": "hello", "max_tokens": 2000, "temperature": 0.8, "ignore_eos": True}
 
 
+RESUME_WINDOW_S = 2.0  # short: these tests are about the cloud *not* coming back in time
+
+
 @pytest.fixture(scope="module")
 def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    yield from start_stack(request, tmp_path_factory.mktemp("stack"))
+    edge_args = ("--resume-timeout", str(RESUME_WINDOW_S))
+    yield from start_stack(request, tmp_path_factory.mktemp("stack"), edge_args=edge_args)
 
 
 def health(stack: Stack) -> int:
@@ -52,6 +57,7 @@ def test_cloud_dies_mid_stream_then_recovers(stack: Stack) -> None:
     err = json.loads(rest[-2].removeprefix("data: "))["error"]
     assert err["type"] == "service_unavailable"
     assert err["code"] == "cloud_unavailable"
+    assert f"within {RESUME_WINDOW_S:.1f}s" in err["message"]
 
     r = httpx.post(f"{stack.edge_url}/v1/completions", json={"prompt": "x", "max_tokens": 3}, timeout=30)
     assert r.status_code == 503
