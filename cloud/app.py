@@ -203,12 +203,6 @@ class CloudServer:
             self.metrics_server.close()
             self.metrics_server = None
 
-    async def stop(self, grace: float | None = None) -> None:
-        """Drain, then close (tests and embedders; processes go through serve())."""
-        await self.drain(self.cfg.grace_period if grace is None else grace)
-        await self.close()
-        log.info("stopped")
-
     async def _drain(self, server: grpc.aio.Server, grace: float) -> None:
         """Stop accepting; wait for live sessions (not health watches) up to grace; cancel the rest."""
         loop = asyncio.get_running_loop()

@@ -145,11 +145,15 @@ class EdgeProcess:
         if self.server is not None and self._serving is not None:
             self.server.config.timeout_graceful_shutdown = math.ceil(grace)
             self.server.should_exit = True
-            await self._serving
+            await asyncio.wait([self._serving])  # force() may cancel it: not an error here
 
     async def force(self) -> None:
-        if self.server is not None:
-            self.server.force_exit = True
+        """Stop waiting for requests; cut what uvicorn still waits for (open connections)."""
+        if self.server is None or self._serving is None:
+            return
+        self.server.force_exit = True
+        await asyncio.wait([self._serving], timeout=1.0)
+        self._serving.cancel()
 
     async def close(self) -> None:
         for task in (self._health, self._serving):

@@ -4,6 +4,7 @@ error saying cloud_unavailable), then returns and the edge recovers. Resumes tha
 from __future__ import annotations
 
 import json
+import signal
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,11 +22,12 @@ LONG = {"prompt": "hello", "max_tokens": 2000, "temperature": 0.8, "ignore_eos":
 
 
 RESUME_WINDOW_S = 2.0  # short: these tests are about the cloud *not* coming back in time
+EDGE_GRACE_S = 300.0  # long: only a second signal can end the edge's drain in time
 
 
 @pytest.fixture(scope="module")
 def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    edge_args = ("--resume-timeout", str(RESUME_WINDOW_S))
+    edge_args = ("--resume-timeout", str(RESUME_WINDOW_S), "--grace-period", str(EDGE_GRACE_S))
     yield from start_stack(request, tmp_path_factory.mktemp("stack"), edge_args=edge_args)
 
 
@@ -90,6 +92,26 @@ def test_cloud_dies_during_a_non_streaming_request(stack: Stack) -> None:
     wait_for(lambda: health(stack) == 200, timeout=30, what="edge /health 200 after the second restart")
     r = httpx.post(f"{stack.edge_url}/v1/completions", json={"prompt": "y", "max_tokens": 3}, timeout=30)
     assert r.status_code == 200
+
+
+def test_edge_drains_on_sigterm_and_a_second_signal_forces(stack: Stack) -> None:
+    """First SIGTERM: the live stream keeps streaming (drain); second: the edge exits 0 at once."""
+    wait_for(lambda: health(stack) == 200, timeout=30, what="healthy stack")
+    assert stack.edge.proc is not None
+    with (
+        httpx.Client(base_url=stack.edge_url, timeout=60) as c,
+        c.stream("POST", "/v1/completions", json={**LONG, "stream": True}) as r,
+    ):
+        lines = (ln for ln in r.iter_lines() if ln)
+        assert "error" not in json.loads(next(lines).removeprefix("data: "))
+        stack.edge.proc.send_signal(signal.SIGTERM)
+        for _ in range(5):  # draining: the stream goes on
+            assert "error" not in json.loads(next(lines).removeprefix("data: "))
+        stack.edge.proc.send_signal(signal.SIGTERM)
+        assert stack.edge.proc.wait(EDGE_GRACE_S / 2) == 0, stack.edge.logs()
+    log = stack.edge.logs()
+    assert "draining" in log
+    assert "second SIGTERM: cancelling what is left now" in log
 
 
 def test_sigterm_stops_all_three_cleanly(stack: Stack) -> None:

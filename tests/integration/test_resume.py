@@ -1,4 +1,5 @@
-"""Exact resume through real processes: kill -9 the cloud or the link mid-stream, lose one of two clouds.
+"""Exact resume through real processes: kill -9 the cloud or the link mid-stream, lose one of two clouds;
+then 32 clients for a minute on the same stack.
 
 Every request is seeded and both sides key their randomness by (seed, absolute position), so a
 stream that lost its cloud session and was resumed must produce exactly the tokens of the same
@@ -9,8 +10,10 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,7 +22,7 @@ import pytest
 from launcher.stack import Stack
 from tests.integration.stack import metric, start_stack, wait_for
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
 
 N = 8
 # Loaded CI machines take tens of seconds to restart a cloud (torch import): the resume window
@@ -29,6 +32,8 @@ CLOUD_ARGS = ("--max-sessions", "40")
 
 
 def request_body(i: int) -> dict[str, Any]:
+    """Seeded streams of every kind: serial rounds, streamed rounds (pipeline), cloud-only (Generate)."""
+    kind = {3: {"mode": "cloud-only"}, 1: {"pipeline": True}}.get(i % 4, {})
     return {
         "prompt": f"Stream {i}: the quick brown fox",
         "max_tokens": 64,
@@ -37,6 +42,7 @@ def request_body(i: int) -> dict[str, Any]:
         "ignore_eos": True,
         "stream": True,
         "return_token_ids": True,
+        "draftlink": kind,
     }
 
 
@@ -136,7 +142,11 @@ def health(stack: Stack) -> int:
 @pytest.fixture(scope="module")
 def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     yield from start_stack(
-        request, tmp_path_factory.mktemp("resume"), edge_args=EDGE_ARGS, cloud_args=CLOUD_ARGS
+        request,
+        tmp_path_factory.mktemp("resume"),
+        edge_args=EDGE_ARGS,
+        cloud_args=CLOUD_ARGS,
+        ready_timeout=300.0,
     )
 
 
@@ -182,6 +192,67 @@ def test_link_killed_and_restarted_mid_stream(stack: Stack, reference: list[Stre
     check_exact(streams, reference, live)
 
 
+# ── load: 32 clients for a minute (edge --max-concurrency and cloud --max-sessions 40) ──────────
+
+LOAD_CLIENTS, LOAD_SECONDS, WARM_SECONDS = 32, 60.0, 15.0
+RSS_GROWTH_MIB = 48  # measured: ~1 MiB over the minute for edge and cloud alike
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def _load_client(url: str, k: int, until: float, outcomes: list[str]) -> None:
+    """Back-to-back seeded completions, streaming and not, until `until`; one outcome each."""
+    n = 0
+    with httpx.Client(base_url=url, timeout=120) as client:
+        while time.monotonic() < until:
+            n += 1
+            stream = n % 2 == 0
+            body = {
+                "prompt": f"client {k} request {n}",
+                "max_tokens": 8,
+                "seed": k * 100_000 + n,
+                "stream": stream,
+            }
+            try:
+                r = client.post("/v1/completions", json=body)
+                ok = r.status_code == 200 and '"error"' not in r.text
+                ok = ok and (not stream or r.text.rstrip().endswith("data: [DONE]"))
+                outcomes.append("ok" if ok else f"{r.status_code}: {r.text[:200]}")
+            except httpx.HTTPError as exc:
+                outcomes.append(repr(exc))
+
+
+def test_32_clients_for_a_minute(stack: Stack) -> None:
+    wait_for(lambda: health(stack) == 200, timeout=60, what="a healthy stack")
+    procs = {"edge": stack.edge.proc, "cloud": stack.cloud.proc}
+    pids = {name: p.pid for name, p in procs.items() if p is not None}
+    outcomes: list[str] = []
+    until = time.monotonic() + LOAD_SECONDS
+    threads = [
+        threading.Thread(target=_load_client, args=(stack.edge_url, k, until, outcomes), daemon=True)
+        for k in range(LOAD_CLIENTS)
+    ]
+    for t in threads:
+        t.start()
+    time.sleep(WARM_SECONDS)  # pools, caches and buffers fill up first
+    warm = {name: _rss_mib(pid) for name, pid in pids.items()}
+    for t in threads:
+        t.join(LOAD_SECONDS + 180)
+    end = {name: _rss_mib(pid) for name, pid in pids.items()}
+    errors = [o for o in outcomes if o != "ok"]
+    assert not errors, f"{len(errors)} of {len(outcomes)} failed: {errors[:3]}"
+    assert len(outcomes) >= LOAD_CLIENTS  # every client completed requests
+    for name in pids:
+        assert end[name] - warm[name] < RSS_GROWTH_MIB, f"{name} RSS {warm[name]:.0f} -> {end[name]:.0f} MiB"
+    wait_for(lambda: metric(f"{stack.edge_url}/metrics", "draftlink_running_requests") == 0, what="edge idle")
+    wait_for(lambda: metric(stack.cloud_metrics_url, "draftlink_running_sessions") == 0, what="cloud idle")
+
+
 # ── two cloud targets: the first dies for good ─────────────────────────────────────────────────
 
 
@@ -194,6 +265,7 @@ def two_clouds(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
         cloud_args=CLOUD_ARGS,
         link=False,
         extra_clouds=1,
+        ready_timeout=300.0,
     )
 
 

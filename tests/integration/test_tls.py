@@ -7,6 +7,8 @@ against the real cloud process, and once with a real edge process.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,13 +19,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from common.rpc import pb, pb_grpc
 from common.tls import load_client_tls
+from deploy.tools import inventory as inv
 from edge.client import CloudClient, CloudSettings, StartupError
 from launcher.procs import ManagedProcess, python_module_argv
 from launcher.stack import Stack, StackTLS
 from tests.integration.stack import TEST_ENV, start_stack
 from tests.support.certs import PKI, make_pki
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
 
 TOKEN = "t0ken-for-tests"
 
@@ -51,7 +54,9 @@ def stack(
         client_cert=pki.edge_cert,
         client_key=pki.edge_key,
     )
-    yield from start_stack(request, tmp_path_factory.mktemp("tls"), tls=tls, auth_token=TOKEN)
+    yield from start_stack(
+        request, tmp_path_factory.mktemp("tls"), tls=tls, auth_token=TOKEN, ready_timeout=300.0
+    )
 
 
 def test_request_end_to_end_over_mutual_tls(stack: Stack) -> None:
@@ -133,3 +138,19 @@ def test_edge_process_with_a_wrong_token_exits_2(stack: Stack, pki: PKI, tmp_pat
     assert "cannot start: the cloud at" in log
     assert "refused our credentials: UNAUTHENTICATED" in log
     assert "Traceback" not in log
+
+
+def test_image_healthcheck_uses_the_health_port_when_tls_is_on(stack: Stack) -> None:
+    """The cloud image's HEALTHCHECK one-liner passes on the health port; the TLS port refuses it."""
+    instructions = inv.dockerfile_instructions(inv.DEPLOY / "docker" / "cloud.Dockerfile")
+    argv = inv.healthcheck_argv(next(i.args for i in instructions if i.keyword == "HEALTHCHECK"))
+    cmd = [sys.executable, *argv[1:]]
+    env = {"DRAFTLINK_CLOUD_PORT": str(stack.cloud_port)}
+    ok = subprocess.run(
+        cmd,
+        env={**env, "DRAFTLINK_CLOUD_HEALTH_PORT": str(stack.health_port)},
+        capture_output=True,
+        timeout=30,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert subprocess.run(cmd, env=env, capture_output=True, timeout=30).returncode != 0
