@@ -13,11 +13,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import grpc
 
 from common.errors import ConnectionLostError, RequestError, UnavailableError
-from common.rpc.status import error_from_rpc, retryable
+from common.rpc.status import error_for_status, error_from_rpc, retryable
 from edge.client import CloudClient, CloudTarget
 from edge.errors import cloud_unavailable
 
@@ -45,6 +46,20 @@ def lost(exc: BaseException) -> RequestError | None:
     """The error that ended a live session, when a resume may survive it; None when it is final."""
     err = as_domain(exc)
     return err if err is not None and retryable(err) else None
+
+
+async def call_error(call: Any) -> RequestError:
+    """The domain error of a call that ended before its generation finished (through the seam)."""
+    if call is None:
+        return ConnectionLostError("the session is gone")
+    try:
+        code = await asyncio.wait_for(call.code(), timeout=1.0)
+        details = await call.details()
+    except (TimeoutError, grpc.RpcError):
+        return ConnectionLostError("the session ended without a status")
+    if code == grpc.StatusCode.OK:  # the server closed the stream before the generation finished
+        return ConnectionLostError("the session ended without finishing")
+    return error_for_status(code, details)
 
 
 class Deadline:

@@ -23,14 +23,13 @@ from common.rpc.convert import (
     session_message_to_pb,
     session_reply_from_pb,
 )
-from common.rpc.status import error_for_status
 from common.types import FinishReason, SamplingParams
 from edge.client import CloudClient, CloudTarget
 from edge.drafter import Drafter, DraftState
 from edge.errors import cloud_unavailable
 from edge.metrics import EdgeMetrics
 from edge.policy import DraftPolicy, StaticPolicy
-from edge.resume import MAX_STALLED_RESUMES, OPEN_TIMEOUT_S, Deadline, connect, lost
+from edge.resume import MAX_STALLED_RESUMES, OPEN_TIMEOUT_S, Deadline, call_error, connect, lost
 
 log = logging.getLogger("draftlink.edge.session")
 _PENDING: set[asyncio.Future[Any]] = set()  # ended calls awaiting their final status
@@ -52,20 +51,6 @@ def _await_status(call: Any, timeout_s: float) -> None:
     task = asyncio.ensure_future(wait())
     _PENDING.add(task)
     task.add_done_callback(_PENDING.discard)
-
-
-async def _ended(call: Any) -> RequestError:
-    """The domain error of a call that ended before the generation finished (through the seam)."""
-    if call is None:
-        return ConnectionLostError("the session is gone")
-    try:
-        code = await asyncio.wait_for(call.code(), timeout=1.0)
-        details = await call.details()
-    except (TimeoutError, grpc.RpcError):
-        return ConnectionLostError("the session ended without a status")
-    if code == grpc.StatusCode.OK:  # the server closed the stream before the generation finished
-        return ConnectionLostError("the session ended without finishing")
-    return error_for_status(code, details)
 
 
 @dataclass(frozen=True)
@@ -316,13 +301,13 @@ class SpeculativeGeneration(Generation):
         if call is None or call.done():
             if self.state.finished:
                 return 0
-            raise await _ended(call)
+            raise await call_error(call)
         try:
             return await self._write(call, msg)
         except asyncio.InvalidStateError:  # the stream ended between the check and the write
             if self.state.finished:
                 return 0
-            raise await _ended(call) from None
+            raise await call_error(call) from None
 
     async def _read(self) -> Opened | Verdict:
         call = self._call
@@ -330,7 +315,7 @@ class SpeculativeGeneration(Generation):
             raise ConnectionLostError("the session is gone")
         msg = await call.read()
         if msg is grpc.aio.EOF:
-            raise await _ended(call)
+            raise await call_error(call)
         assert isinstance(msg, pb.SessionResponse)
         self._down(msg.ByteSize())
         try:
@@ -466,7 +451,7 @@ class CloudOnlyGeneration(Generation):
             raise ConnectionLostError("the Generate stream is gone")
         msg = await call.read()
         if msg is grpc.aio.EOF:
-            raise await _ended(call)
+            raise await call_error(call)
         assert isinstance(msg, pb.GenerateResponse)
         self._down(msg.ByteSize())
         return msg
