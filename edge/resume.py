@@ -74,6 +74,7 @@ class Deadline:
 
 async def connect(
     client: CloudClient,
+    claim: Callable[[CloudTarget], None],
     open_on: Callable[[CloudTarget], Awaitable[None]],
     drop: Callable[[], None],
     deadline: Deadline,
@@ -82,8 +83,13 @@ async def connect(
     cause: RequestError | None = None,
     avoid: CloudTarget | None = None,
     open_timeout: float | None = OPEN_TIMEOUT_S,
+    needs: tuple[str, ...] = (),
 ) -> CloudTarget:
     """Open on the first target that takes the session; the target it opened on.
+
+    `claim` records the target as used before anything is awaited, so concurrent requests
+    spread over the targets (CloudClient.choose orders by use). Targets whose Info lacks one of
+    the protocol features in `needs` (e.g. an older cloud without "resume") are skipped.
 
     Patient (a resume, or a new request while the edge saw a healthy cloud): keep trying, with
     short pauses, until `resume_timeout` has passed; then the error says cloud_unavailable.
@@ -96,6 +102,10 @@ async def connect(
     last, pause = cause, _PAUSE_S[0]
     while True:
         for target in client.choose(avoid=avoid):
+            if target.info is not None and not set(needs) <= set(target.info.features):
+                last = last or UnavailableError(f"{target.address} lacks {', '.join(needs)}")
+                continue
+            claim(target)
             try:
                 await _attempt(target, open_on, deadline, open_timeout)
                 return target

@@ -14,7 +14,18 @@ import grpc
 
 from common.codec import make_codec
 from common.errors import ConnectionLostError, InvalidRequestError, RequestError
-from common.protocol import Block, Close, GenerateRequest, Opened, OpenRequest, SessionMessage, Verdict
+from common.protocol import (
+    FEATURE_CHAIN,
+    FEATURE_POSITION_RNG,
+    FEATURE_RESUME,
+    Block,
+    Close,
+    GenerateRequest,
+    Opened,
+    OpenRequest,
+    SessionMessage,
+    Verdict,
+)
 from common.rounds import InFlight, ProtocolViolationError, SpecState, SpecStats
 from common.rpc import pb
 from common.rpc.convert import (
@@ -105,7 +116,8 @@ class Generation:
         patient = self.client.healthy  # fail fast only while the edge knows no cloud is up
         await connect(
             self.client,
-            self._attach,
+            self._use,
+            self._open,
             self._drop_call,
             self.deadline,
             patient=patient and self.client.resume_timeout > 0,
@@ -114,6 +126,7 @@ class Generation:
 
     # ── subclasses ──────────────────────────────────────────────────────────────────────────
     _open_timeout: float | None = None  # bound of one open attempt (None: the request deadline)
+    _resume_needs: tuple[str, ...] = (FEATURE_POSITION_RNG,)  # Info.features a resume relies on
 
     async def _open(self, target: CloudTarget) -> None:
         """Open the call on `target` and complete the handshake (resuming from the committed state)."""
@@ -166,22 +179,20 @@ class Generation:
         t0 = time.monotonic()
         target = await connect(
             self.client,
-            self._attach,
+            self._use,
+            self._open,
             self._drop_call,
             self.deadline,
             patient=True,
             cause=err,
             avoid=failed,
             open_timeout=self._open_timeout,
+            needs=self._resume_needs,
         )
         self.metrics.resumes.inc()
         log.info(
             "request %s resumed on %s after %.2fs", self.req.request_id, target.address, time.monotonic() - t0
         )
-
-    async def _attach(self, target: CloudTarget) -> None:
-        self._use(target)
-        await self._open(target)
 
     def _use(self, target: CloudTarget | None) -> None:
         """Account which target this generation occupies (CloudClient.choose spreads by it)."""
@@ -244,6 +255,7 @@ class SpeculativeGeneration(Generation):
         self._wake = asyncio.Event()  # a verdict arrived: the sender may draft again
 
     _open_timeout = OPEN_TIMEOUT_S
+    _resume_needs = (FEATURE_POSITION_RNG, FEATURE_RESUME, FEATURE_CHAIN)
 
     async def _open(self, target: CloudTarget) -> None:
         """OpenSession with the committed tokens (resume), then re-send the blocks in flight."""

@@ -74,6 +74,49 @@ def test_cloud_dies_mid_stream_then_recovers(stack: Stack) -> None:
     assert r.status_code == 200, r.text
 
 
+def _stream_to_the_end(url: str, body: dict[str, object], started: threading.Event, out: list[str]) -> None:
+    with httpx.Client(base_url=url, timeout=60) as c, c.stream("POST", "/v1/completions", json=body) as r:
+        for line in r.iter_lines():
+            if line:
+                started.set()
+                out.append(line)
+
+
+def test_link_dies_under_eight_streams_all_end_with_cloud_unavailable(stack: Stack) -> None:
+    """Every stream cut by a dead relay ends with one cloud_unavailable event and [DONE] (never an
+    internal error from writing to an ended call), serial and streamed rounds alike."""
+    wait_for(lambda: health(stack) == 200, timeout=30, what="healthy stack")
+    assert stack.link is not None
+    assert stack.link.proc is not None
+    outs: list[list[str]] = [[] for _ in range(8)]
+    started = [threading.Event() for _ in range(8)]
+    threads = [
+        threading.Thread(
+            target=_stream_to_the_end,
+            args=(
+                stack.edge_url,
+                {**LONG, "stream": True, "draftlink": {"pipeline": i % 2 == 1}},
+                started[i],
+                outs[i],
+            ),
+        )
+        for i in range(8)
+    ]
+    for t in threads:
+        t.start()
+    for e in started:
+        assert e.wait(60)
+    stack.link.proc.kill()
+    stack.link.proc.wait(10)
+    for t in threads:
+        t.join(60)
+    for out in outs:
+        assert out[-1] == "data: [DONE]"
+        err = json.loads(out[-2].removeprefix("data: "))["error"]
+        assert err["code"] == "cloud_unavailable", err
+    stack.restart_link(uplink_bps=0.0, delay_ms=0.0)
+
+
 def test_cloud_dies_during_a_non_streaming_request(stack: Stack) -> None:
     wait_for(lambda: health(stack) == 200, timeout=30, what="healthy stack")
     result: dict[str, httpx.Response] = {}
