@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import time
-from collections.abc import Callable
-from typing import Any
 
 import grpc
 import torch
@@ -15,6 +12,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 import common
+from cloud.auth import TokenAuthInterceptor
 from cloud.config import CloudConfig
 from cloud.metrics import CloudEngineObserver, CloudMetrics
 from cloud.servicer import ServingState, VerifierServicer
@@ -22,6 +20,7 @@ from cloud.sessions import SessionManager
 from cloud.verifier import VerifierLimits, max_message_bytes
 from common.codec import BITSTREAM_VERSION, KIND_IDS
 from common.config import describe
+from common.errors import ConfigError, ModelError
 from common.metrics import MetricsServer, start_metrics_server
 from common.models import LoadedModel, load_model
 from common.models.engine import BatchEngine, BatchLimits
@@ -29,6 +28,8 @@ from common.models.packed import PackedLM
 from common.protocol import FEATURES
 from common.rpc import convert as cv
 from common.rpc import pb, pb_grpc
+from common.runtime import EarlySignals, serve_until_signalled
+from common.tls import load_server_tls
 
 log = logging.getLogger("draftlink.cloud")
 
@@ -64,36 +65,69 @@ class CloudServer:
         self._preloaded = lm
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
+        self.health_server: grpc.aio.Server | None = None  # plaintext, health only (--health-port)
         self.metrics_server: MetricsServer | None = None
         self.port = 0
         self.max_message_bytes = 0
 
     async def start(self) -> int:
-        """Bind and serve health (NOT_SERVING) and reflection at once; the model loads after."""
+        """Bind and serve health (NOT_SERVING) and reflection at once; the model loads after.
+
+        TLS (and mutual TLS) when configured: the gRPC port then never speaks plaintext; a
+        --health-port serves only grpc.health.v1 in plaintext for probes that cannot do TLS.
+        """
+        cfg = self.cfg
+        tls = load_server_tls(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)  # ConfigError: exit 2
         vocab_hint = self._preloaded.vocab_size if self._preloaded else _MAX_VOCAB_HINT
         max_bytes = self.max_message_bytes = max_message_bytes(self.limits, vocab_hint)
-        self.server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", max_bytes),
-                ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share
-            ]
-        )
+        interceptors = []
+        if cfg.auth_token is not None:
+            refused = self.metrics.rpc_errors
+            interceptors.append(TokenAuthInterceptor(cfg.auth_token, lambda code: refused.labels(code).inc()))
+        self.server = grpc.aio.server(interceptors=interceptors, options=_server_options(max_bytes))
         pb_grpc.add_VerifierServicer_to_server(VerifierServicer(self.state), self.server)  # type: ignore[no-untyped-call]
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = (VERIFIER_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, self.server)
         for service in ("", VERIFIER_SERVICE):
             await self.health.set(service, NOT_SERVING)
-        self.port = self.server.add_insecure_port(f"{self.cfg.host}:{self.cfg.port}")
-        if self.port == 0:
-            raise OSError(f"cannot bind gRPC on {self.cfg.host}:{self.cfg.port}")
-        await self.server.start()
-        if self.cfg.metrics_port:
-            self.metrics_server = start_metrics_server(
-                self.cfg.metrics_port, self.metrics.registry, self.cfg.host
+        address = f"{cfg.host}:{cfg.port}"
+        if tls is None:
+            self.port = self.server.add_insecure_port(address)
+        else:
+            creds = grpc.ssl_server_credentials(
+                [(tls.key, tls.cert_chain)],
+                root_certificates=tls.client_ca,
+                require_client_auth=tls.client_ca is not None,
             )
-        log.info("gRPC listening on %s:%d (max message %d bytes)", self.cfg.host, self.port, max_bytes)
+            self.port = self.server.add_secure_port(address, creds)
+        if self.port == 0:
+            raise OSError(f"cannot bind gRPC on {address}")
+        await self.server.start()
+        if cfg.health_port:
+            await self._start_health_port()
+        if cfg.metrics_port:
+            self.metrics_server = start_metrics_server(cfg.metrics_port, self.metrics.registry, cfg.host)
+        mode = "plaintext" if tls is None else ("mutual TLS" if tls.client_ca else "TLS")
+        auth = "token required" if cfg.auth_token else "no token"
+        log.info(
+            "gRPC listening on %s:%d (%s, %s; max message %d bytes)",
+            cfg.host,
+            self.port,
+            mode,
+            auth,
+            max_bytes,
+        )
         return self.port
+
+    async def _start_health_port(self) -> None:
+        self.health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
+        address = f"{self.cfg.host}:{self.cfg.health_port}"
+        if self.health_server.add_insecure_port(address) == 0:
+            raise OSError(f"cannot bind the health port on {address}")
+        await self.health_server.start()
+        log.info("grpc.health.v1 (only) in plaintext on %s", address)
 
     async def load(self) -> LoadedModel:
         """Load the model, start the batch engine on it, then report SERVING."""
@@ -151,20 +185,36 @@ class CloudServer:
             features=FEATURES,
         )
 
-    async def stop(self, grace: float | None = None) -> None:
-        """Drain: NOT_SERVING, refuse new streams, let live ones finish within grace, cancel, close."""
-        grace = self.cfg.grace_period if grace is None else grace
-        log.info("shutting down: %d live session(s), grace %.1fs", self.state.manager.live, grace)
+    # ── lifecycle (common.runtime.Service) ───────────────────────────────────────────────────
+    async def ready(self) -> None:
+        await self.load()
+
+    async def drain(self, grace: float) -> None:
+        """NOT_SERVING, refuse new streams, let live ones finish within grace, cancel the rest."""
+        log.info("draining: %d live session(s), grace %.1fs", self.state.manager.live, grace)
         await self.health.enter_graceful_shutdown()
         self.state.manager.drain()
         if self.server is not None:
             await self._drain(self.server, grace)
+        if self.health_server is not None:
+            await self.health_server.stop(0)
         if self.state.engine is not None:
             await asyncio.to_thread(self.state.engine.close, True)  # after the current step
+
+    async def force(self) -> None:
+        """Second signal: end every stream now (overrides the grace of the drain in progress)."""
+        if self.server is not None:
+            await self.server.stop(0)
+
+    async def close(self) -> None:
+        for server in (self.server, self.health_server):
+            if server is not None:
+                await server.stop(0)
+        if self.state.engine is not None:
+            await asyncio.to_thread(self.state.engine.close, True)
         if self.metrics_server is not None:
             self.metrics_server.close()
             self.metrics_server = None
-        log.info("stopped")
 
     async def _drain(self, server: grpc.aio.Server, grace: float) -> None:
         """Stop accepting; wait for live sessions (not health watches) up to grace; cancel the rest."""
@@ -188,44 +238,29 @@ class CloudServer:
         await stopping
 
 
-async def serve(cfg: CloudConfig, stop_requested: Callable[[], bool] = lambda: False) -> int:
+def _server_options(max_bytes: int) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", max_bytes),
+        ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share
+    ]
+
+
+async def serve(cfg: CloudConfig, early: EarlySignals | None = None) -> int:
     """Run until SIGTERM/SIGINT (a second signal skips the grace period); the exit code."""
     log.info("draftlink-cloud %s config %s", common.__version__, describe(cfg))
     server = CloudServer(cfg)
-    stop, force = asyncio.Event(), asyncio.Event()
-    loop = asyncio.get_running_loop()
-
-    def on_signal(sig: signal.Signals) -> None:
-        log.info("received %s", sig.name)
-        (force if stop.is_set() else stop).set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal, sig)
-    if stop_requested():  # signalled before the handlers above were installed
-        stop.set()
-    await server.start()
-    load = asyncio.ensure_future(server.load())
-    if not await _first(load, stop):  # stopped while loading: nothing to drain
-        load.cancel()
-        await server.stop(0)
-        return 0
-    if load.exception() is not None:
-        log.error("cannot load model %s: %s", cfg.model, load.exception())
-        await server.stop(0)
+    try:
+        await serve_until_signalled(server, cfg.grace_period, "draftlink-cloud", early)
+    except OSError as exc:  # a port is taken
+        log.error("cannot serve: %s", exc)
         return 1
-    await stop.wait()
-    drain = asyncio.ensure_future(server.stop())
-    if not await _first(drain, force):
-        log.warning("second signal: cancelling the remaining streams now")
-        assert server.server is not None
-        await server.server.stop(0)  # overrides the grace of the stop in progress
-        await drain
+    except ModelError as exc:
+        log.error("cannot load model %s: %s", cfg.model, exc)
+        return 1
+    except ConfigError as exc:  # TLS files changed between the check in main() and here
+        log.error("config error: %s", exc)
+        return 2
+    except Exception:
+        log.exception("start-up failed")
+        return 1
     return 0
-
-
-async def _first(task: asyncio.Future[Any], event: asyncio.Event) -> bool:
-    """Wait for task or event; True when the task finished first (the task is left running)."""
-    waiter = asyncio.ensure_future(event.wait())
-    await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
-    waiter.cancel()
-    return task.done()

@@ -36,6 +36,17 @@ class CloudConfig:
     batch_wait_ms: float = field(1.0, "gather window: wait up to this long for more ready work (0 = never)")
     prefill_chunk: int = field(512, "longest slice of one prompt's prefill in one forward (chunked prefill)")
     grace_period: float = field(10.0, "seconds in-flight streams get to finish on SIGTERM")
+    tls_cert: str | None = field(None, "PEM certificate chain for the gRPC port (TLS on; needs tls_key)")
+    tls_key: str | None = field(None, "PEM private key of tls_cert (unencrypted)")
+    tls_client_ca: str | None = field(
+        None, "PEM CA bundle clients' certificates must chain to: mutual TLS (a client cert is required)"
+    )
+    auth_token: str | None = field(
+        None, "shared token every call must carry as 'authorization: Bearer <token>' metadata", secret=True
+    )
+    health_port: int = field(
+        0, "plaintext port serving only grpc.health.v1, for probes that cannot do TLS (0 = none)"
+    )
     log_level: str = field("INFO", "log level", choices=LOG_LEVELS)
 
     def validate(self) -> None:
@@ -52,7 +63,7 @@ class CloudConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("port", "metrics_port"):
+        for name in ("port", "metrics_port", "health_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise ConfigError(f"{name} must be in [0, 65535], got {getattr(self, name)}")
         if not self.session_idle_timeout > 0:
@@ -65,6 +76,18 @@ class CloudConfig:
             raise ConfigError(f"torch_threads must be >= 0, got {self.torch_threads}")
         if self.max_draft_len > 255:
             raise ConfigError(f"max_draft_len must be <= 255, got {self.max_draft_len}")
+        self._validate_security()
+
+    def _validate_security(self) -> None:
+        """Option combinations only; the files themselves are read at start-up (common.tls)."""
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("tls_cert and tls_key go together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ConfigError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
+        if self.auth_token is not None and not self.auth_token.strip():
+            raise ConfigError("auth_token is empty (unset it to disable token checks)")
+        if self.health_port and self.health_port == self.port:
+            raise ConfigError(f"health_port must differ from port {self.port}")
 
 
 def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> CloudConfig:

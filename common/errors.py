@@ -52,6 +52,17 @@ class UnavailableError(RequestError):
     """The server is starting up, shutting down, or cannot be reached."""
 
 
+class ConnectionLostError(UnavailableError):
+    """A live stream was cut: the peer died, the connection reset, or the network cancelled it.
+
+    `status` names how the client saw it ("UNAVAILABLE", "CANCELLED", "UNKNOWN").
+    """
+
+    def __init__(self, message: str = "", status: str = "UNAVAILABLE") -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class SessionTimeoutError(RequestError):
     """A session was idle for longer than the server's idle timeout (or a deadline passed)."""
 

@@ -7,8 +7,8 @@ import sys
 from collections.abc import Sequence
 
 from common.errors import ConfigError, ModelError
-from common.runtime import run_async, setup_logging
-from edge.client import StartupError
+from common.runtime import EarlySignals, run_async, setup_logging
+from common.tls import load_client_tls
 
 log = logging.getLogger("draftlink.edge")
 
@@ -19,19 +19,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         cfg = load_edge_config(argv)
+        load_client_tls(cfg.tls_ca, cfg.tls_cert, cfg.tls_key)  # unusable files: exit 2 now
     except ConfigError as exc:
-        print(f"draftlink-edge: {exc}", file=sys.stderr)
+        print(f"draftlink-edge: config error: {exc}", file=sys.stderr)
         return 2
     setup_logging(cfg.log_level)
+    early = EarlySignals()
     from edge.app import serve  # heavy imports (torch, transformers) after --help / config errors
+    from edge.client import StartupError
 
     try:
-        run_async(serve(cfg))
+        run_async(serve(cfg, early))
     except (StartupError, ModelError, ConfigError) as exc:
         log.error("cannot start: %s", exc)
         return 2
-    except KeyboardInterrupt:
-        return 130
+    except OSError as exc:  # the HTTP port is taken
+        log.error("cannot serve: %s", exc)
+        return 1
     return 0
 
 

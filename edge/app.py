@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
-from types import FrameType
+import math
+from collections.abc import Iterator
+from functools import partial
 
 import torch
 import uvicorn
@@ -15,7 +16,9 @@ from common.config import describe
 from common.models import LoadedModel, check_compatible, load_model
 from common.models.engine import BatchLimits
 from common.rpc.convert import ServerInfo
-from edge.client import CloudClient, StartupError, make_channel
+from common.runtime import EarlySignals, serve_until_signalled
+from common.tls import load_client_tls
+from edge.client import CloudClient, CloudSettings, StartupError
 from edge.config import EdgeConfig
 from edge.drafter import Drafter
 from edge.http_api import build_app
@@ -51,15 +54,25 @@ def check_cloud(cfg: EdgeConfig, lm: LoadedModel, info: ServerInfo) -> None:
         raise StartupError(f"draft_len {cfg.draft_len} exceeds the cloud's limit {info.limits.max_draft_len}")
 
 
+def cloud_settings(cfg: EdgeConfig) -> CloudSettings:
+    """The gRPC side's narrow config (reads and checks the TLS files: ConfigError)."""
+    tls = load_client_tls(cfg.tls_ca, cfg.tls_cert, cfg.tls_key)
+    if cfg.cloud_token and tls is None:
+        log.warning("cloud_token is sent over plaintext gRPC: anyone on the path can read it (set tls_ca)")
+    return CloudSettings(
+        cfg.cloud, tls, cfg.tls_server_name, cfg.cloud_token, cfg.health_interval, cfg.resume_timeout
+    )
+
+
 async def start_service(cfg: EdgeConfig) -> EdgeService:
     """Load the drafter and reach the cloud concurrently, then check they fit together."""
-    channel = make_channel(cfg.cloud, cfg.tls_ca, cfg.tls_cert, cfg.tls_key)
-    client = CloudClient(channel, cfg.cloud, cfg.health_interval)
+    client = CloudClient(cloud_settings(cfg))
     try:
         lm, info = await asyncio.gather(
             asyncio.to_thread(load_drafter, cfg), client.wait_info(timeout_s=cfg.startup_timeout)
         )
         check_cloud(cfg, lm, info)
+        client.verify = partial(check_cloud, cfg, lm)  # every other target is checked the same way
     except BaseException:
         await client.close()
         raise
@@ -81,45 +94,85 @@ async def start_service(cfg: EdgeConfig) -> EdgeService:
     return EdgeService(cfg, drafter, client, info, metrics)
 
 
-async def serve(cfg: EdgeConfig) -> None:
-    """Run until SIGINT/SIGTERM (uvicorn drains in-flight requests, then we close the channel)."""
-    log.info("config %s", describe(cfg))
-    service = await start_service(cfg)
-    metrics = service.metrics
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: common.runtime owns SIGTERM/SIGINT."""
 
-    def on_health(ok: bool) -> None:
-        metrics.cloud_up.set(1 if ok else 0)
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
-    await service.client.check_health()
-    health = asyncio.create_task(service.client.health_loop(on_health))
-    app = build_app(service)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
+
+class EdgeProcess:
+    """The edge under common.runtime's lifecycle (start, ready, drain, force, close)."""
+
+    def __init__(self, cfg: EdgeConfig) -> None:
+        self.cfg = cfg
+        self.service: EdgeService | None = None
+        self.server: _Server | None = None
+        self._serving: asyncio.Task[None] | None = None
+        self._health: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        return None  # nothing cheap to bind first: HTTP comes up once the drafter and cloud are ready
+
+    async def ready(self) -> None:
+        cfg = self.cfg
+        self.service = service = await start_service(cfg)
+        metrics = service.metrics
+        await service.client.check_health()
+        metrics.cloud_up.set(1 if service.client.healthy else 0)
+        self._health = asyncio.create_task(
+            service.client.health_loop(lambda ok: metrics.cloud_up.set(1 if ok else 0))
+        )
+        uv = uvicorn.Config(
+            build_app(service),
             host=cfg.host,
             port=cfg.port,
             loop="none",
             http="auto",
             log_config=None,
             access_log=cfg.log_level == "DEBUG",
-            timeout_graceful_shutdown=10,
+            timeout_graceful_shutdown=math.ceil(cfg.grace_period),
         )
-    )
-    # uvicorn re-raises a captured SIGTERM/SIGINT through the handlers it found; with these no-op
-    # handlers in place that re-raise is harmless, so the cleanup below runs and we exit 0.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, _ignore_signal)
-    try:
+        self.server = server = _Server(uv)
+        self._serving = asyncio.create_task(server.serve())
+        while not server.started:  # uvicorn binds in serve(); a taken port ends the task
+            if self._serving.done():
+                self._serving.result()
+                raise OSError(f"cannot serve HTTP on {cfg.host}:{cfg.port}")
+            await asyncio.sleep(0.02)
         log.info("serving http://%s:%d/v1 (model %s)", cfg.host, cfg.port, service.model_name)
-        await server.serve()
-    finally:
-        health.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await health
-        await service.client.close()
-        service.drafter.close()
-        log.info("edge stopped")
+
+    async def drain(self, grace: float) -> None:
+        """/health 503, stop accepting, let live requests finish within grace, cancel the rest."""
+        if self.service is not None:
+            self.service.draining = True
+            log.info("draining: %d running request(s), grace %.1fs", self.service.running, grace)
+        if self.server is not None and self._serving is not None:
+            self.server.config.timeout_graceful_shutdown = math.ceil(grace)
+            self.server.should_exit = True
+            await asyncio.wait([self._serving])  # force() may cancel it: not an error here
+
+    async def force(self) -> None:
+        """Stop waiting for requests; cut what uvicorn still waits for (open connections)."""
+        if self.server is None or self._serving is None:
+            return
+        self.server.force_exit = True
+        await asyncio.wait([self._serving], timeout=1.0)
+        self._serving.cancel()
+
+    async def close(self) -> None:
+        for task in (self._health, self._serving):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        if self.service is not None:
+            await self.service.client.close()
+            self.service.drafter.close()
 
 
-def _ignore_signal(signum: int, frame: FrameType | None) -> None:
-    log.debug("signal %d after shutdown began: ignored", signum)
+async def serve(cfg: EdgeConfig, early: EarlySignals | None = None) -> None:
+    """Run until SIGINT/SIGTERM (drain in-flight requests, then close the channels)."""
+    log.info("config %s", describe(cfg))
+    await serve_until_signalled(EdgeProcess(cfg), cfg.grace_period, "draftlink-edge", early)

@@ -17,7 +17,11 @@ class EdgeConfig:
     """Everything the edge daemon reads at start-up (resolved once, logged with secrets masked)."""
 
     model: str = field("builtin:qwen2.5-coder-0.5b", "drafter model spec (the small model, q)")
-    cloud: str = field("127.0.0.1:50051", "cloud verifier (or link relay) gRPC address host:port")
+    cloud: str = field(
+        "127.0.0.1:50051",
+        "cloud verifier (or link relay) gRPC address host:port; several: a comma-separated list; "
+        "dns:NAME:PORT: every address NAME resolves to (a headless Service)",
+    )
     host: str = field("127.0.0.1", "HTTP bind address")
     port: int = field(8000, "HTTP port (OpenAI API, /health and /metrics)")
     codec: str = field("ksqs:k=16,ell=100", "default draft codec spec (per-request override allowed)")
@@ -31,6 +35,12 @@ class EdgeConfig:
     max_prompt_tokens: int = field(4096, "longest prompt in tokens (413 above)")
     max_concurrency: int = field(4, "generations served at once; more get 429 (no queue)")
     request_timeout: float = field(300.0, "deadline of one generation in seconds (gRPC deadline)")
+    resume_timeout: float = field(
+        30.0,
+        "seconds a generation that lost its cloud session waits for a cloud to take it back "
+        "(capped by request_timeout; 0 = fail at once)",
+    )
+    grace_period: float = field(10.0, "seconds in-flight requests get to finish on SIGTERM")
     api_key: str | None = field(None, "bearer token required on /v1/* when set", secret=True)
     served_model_name: str | None = field(None, "model name in the API (default: the cloud's model id)")
     fast_linear: bool = field(False, "drafter: use the fast linear kernels of common.models")
@@ -40,12 +50,18 @@ class EdgeConfig:
     startup_timeout: float = field(120.0, "seconds to wait for the cloud's Info at start-up")
     tls_ca: str | None = field(None, "PEM file of the CA that signed the cloud's cert (enables TLS)")
     tls_cert: str | None = field(None, "PEM client certificate for mutual TLS")
-    tls_key: str | None = field(None, "PEM client private key for mutual TLS", secret=True)
+    tls_key: str | None = field(None, "PEM client private key for mutual TLS (unencrypted)")
+    tls_server_name: str | None = field(
+        None, "name the cloud's certificate must carry (default: the host of each --cloud target)"
+    )
+    cloud_token: str | None = field(
+        None, "token sent to the cloud as 'authorization: Bearer' metadata (its --auth-token)", secret=True
+    )
     log_level: str = field("INFO", "log level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
     def validate(self) -> None:
         """Raise ConfigError for values the daemon cannot run with."""
-        _check(":" in self.cloud, f"cloud must be host:port, got {self.cloud!r}")
+        parse_targets(self.cloud)
         _check(0 <= self.port < 65536, f"port out of range: {self.port}")
         _check(1 <= self.draft_len <= MAX_DRAFT_LEN, f"draft_len must be in [1, {MAX_DRAFT_LEN}]")
         _check(1 <= self.pipeline_depth <= 64, "pipeline_depth must be in [1, 64]")
@@ -56,6 +72,11 @@ class EdgeConfig:
         _check(self.max_prompt_tokens >= 1, "max_prompt_tokens must be >= 1")
         _check(self.max_concurrency >= 1, "max_concurrency must be >= 1")
         _check(self.request_timeout > 0 and self.health_interval > 0, "timeouts must be > 0")
+        _check(
+            self.resume_timeout >= 0 and self.grace_period >= 0,
+            "resume_timeout and grace_period must be >= 0",
+        )
+        _check(self.cloud_token is None or bool(self.cloud_token.strip()), "cloud_token is empty")
         _check((self.tls_cert is None) == (self.tls_key is None), "tls_cert and tls_key go together")
         _check(self.tls_cert is None or self.tls_ca is not None, "mutual TLS needs tls_ca")
         try:
@@ -66,6 +87,23 @@ class EdgeConfig:
             pass
         except CodecError as exc:
             raise ConfigError(f"invalid codec spec {self.codec!r}: {exc}") from None
+
+
+def parse_targets(spec: str) -> list[tuple[str, str, int]]:
+    """'a:1,dns:b:2' → [('static', 'a', 1), ('dns', 'b', 2)] (ConfigError on a malformed entry)."""
+    out = []
+    for raw in (part.strip() for part in spec.split(",")):
+        if not raw:
+            continue
+        kind = "dns" if raw.startswith("dns:") else "static"
+        hostport = raw.removeprefix("dns:").removeprefix("///")
+        host, sep, port = hostport.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"cloud target {raw!r} must be host:port or dns:NAME:PORT")
+        out.append((kind, host.strip("[]"), int(port)))
+    if not out:
+        raise ConfigError("cloud needs at least one host:port")
+    return out
 
 
 def _check(ok: bool, message: str) -> None:

@@ -138,8 +138,9 @@ _REMOTE_TO_HTTP: tuple[tuple[type[RequestError], tuple[int, str, str]], ...] = (
     (UnavailableError, (503, "service_unavailable", "cloud_unavailable")),
     (SessionTimeoutError, (504, "timeout", "request_timeout")),
 )
-# A stream the cloud (or the network) cut is an unavailable cloud, not a protocol fault.
-_GONE = frozenset({"CANCELLED", "ABORTED"})
+# An aborted stream is an unavailable cloud, not a protocol fault (a cut one is already a
+# ConnectionLostError, an UnavailableError).
+_GONE = frozenset({"ABORTED"})
 
 
 def from_remote(err: RequestError) -> APIError:

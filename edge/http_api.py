@@ -175,9 +175,9 @@ class Routes:
         return err
 
     async def health(self) -> JSONResponse:
-        ok = self.s.client.healthy
+        ok = self.s.client.healthy and not self.s.draining
         body = {
-            "status": "ok" if ok else "unavailable",
+            "status": "draining" if self.s.draining else ("ok" if ok else "unavailable"),
             "model": self.s.cfg.model,
             "model_loaded": True,
             "served_model": self.s.model_name,

@@ -90,6 +90,7 @@ class EdgeService:
         self.aliases = {self.model_name, info.model_id}
         self.created = int(time.time())
         self.running = 0
+        self.draining = False  # SIGTERM: /health reports 503 so balancers stop sending requests
 
     # ---- validation ----------------------------------------------------------------------
     async def resolve(self, body: CompletionRequest | ChatCompletionRequest) -> GenRequest:

@@ -7,14 +7,25 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import grpc
 
 from common.codec import make_codec
-from common.errors import InvalidRequestError
-from common.protocol import Block, Close, GenerateRequest, Opened, OpenRequest, SessionMessage, Verdict
+from common.errors import ConnectionLostError, InvalidRequestError, RequestError
+from common.protocol import (
+    FEATURE_CHAIN,
+    FEATURE_POSITION_RNG,
+    FEATURE_RESUME,
+    Block,
+    Close,
+    GenerateRequest,
+    Opened,
+    OpenRequest,
+    SessionMessage,
+    Verdict,
+)
 from common.rounds import InFlight, ProtocolViolationError, SpecState, SpecStats
 from common.rpc import pb
 from common.rpc.convert import (
@@ -24,11 +35,12 @@ from common.rpc.convert import (
     session_reply_from_pb,
 )
 from common.types import FinishReason, SamplingParams
-from edge.client import CloudClient
+from edge.client import CloudClient, CloudTarget
 from edge.drafter import Drafter, DraftState
 from edge.errors import cloud_unavailable
 from edge.metrics import EdgeMetrics
 from edge.policy import DraftPolicy, StaticPolicy
+from edge.resume import MAX_STALLED_RESUMES, OPEN_TIMEOUT_S, Deadline, call_error, connect, lost
 
 log = logging.getLogger("draftlink.edge.session")
 _PENDING: set[asyncio.Future[Any]] = set()  # ended calls awaiting their final status
@@ -80,7 +92,12 @@ def _reason(r: FinishReason | None) -> str | None:
 
 
 class Generation:
-    """Common surface: start() (handshake; errors here are HTTP errors), rounds(), close()."""
+    """Common surface: start() (handshake; errors here are HTTP errors), rounds(), close().
+
+    A live generation survives the loss of its cloud session: rounds() reopens it (same or next
+    cloud target) with the prompt plus the committed tokens and continues; both sides key their
+    randomness by (seed, absolute position), so a seeded request's text does not change.
+    """
 
     def __init__(self, req: GenRequest, client: CloudClient, metrics: EdgeMetrics) -> None:
         self.req = req
@@ -88,14 +105,104 @@ class Generation:
         self.metrics = metrics
         self.stats = SpecStats()
         self.prompt_tokens = len(req.prompt_ids)  # the cloud's count replaces it when it sends one
+        self.deadline = Deadline(req.timeout)
+        self.target: CloudTarget | None = None  # where the live call goes
         self._call: Any = None  # grpc.aio call object
+        self._stalls = 0  # resumes in a row without a new committed token
+        self._resumed_at = -1  # committed tokens at the last resume
 
     async def start(self) -> None:
+        """Open on the first cloud target that takes the request (errors here are HTTP errors)."""
+        patient = self.client.healthy  # fail fast only while the edge knows no cloud is up
+        await connect(
+            self.client,
+            self._use,
+            self._open,
+            self._drop_call,
+            self.deadline,
+            patient=patient and self.client.resume_timeout > 0,
+            open_timeout=self._open_timeout,
+        )
+
+    # ── subclasses ──────────────────────────────────────────────────────────────────────────
+    _open_timeout: float | None = None  # bound of one open attempt (None: the request deadline)
+    _resume_needs: tuple[str, ...] = (FEATURE_POSITION_RNG,)  # Info.features a resume relies on
+
+    async def _open(self, target: CloudTarget) -> None:
+        """Open the call on `target` and complete the handshake (resuming from the committed state)."""
         raise NotImplementedError
 
-    def rounds(self) -> AsyncIterator[RoundOutput]:
+    def _stream(self) -> AsyncIterator[RoundOutput]:
+        """Rounds on the live call until the generation finishes (errors propagate)."""
         raise NotImplementedError
 
+    def _committed(self) -> int:
+        """Output tokens the cloud has committed so far."""
+        raise NotImplementedError
+
+    def _prepare_resume(self) -> None:
+        """Adjust local state for a new session (renumber blocks in flight, count the resume)."""
+        raise NotImplementedError
+
+    # ── resume ──────────────────────────────────────────────────────────────────────────────
+    async def rounds(self) -> AsyncIterator[RoundOutput]:
+        """The generation's rounds as one uninterrupted stream, resuming after retryable failures."""
+        assert self._call is not None, "start() first"
+        while True:
+            try:
+                async for out in self._stream():
+                    yield out
+                return
+            except Exception as exc:
+                err = lost(exc)
+                if err is None or self.client.resume_timeout <= 0:
+                    raise
+            await self._resume(err)
+
+    async def _resume(self, err: RequestError) -> None:
+        failed, committed = self.target, self._committed()
+        self._stalls = self._stalls + 1 if committed == self._resumed_at else 1
+        if self._stalls > MAX_STALLED_RESUMES:
+            raise cloud_unavailable(f"{self._stalls - 1} resumes in a row made no progress (last: {err})")
+        self._resumed_at = committed
+        log.warning(
+            "request %s: session on %s lost (%s); resuming with %d committed tokens",
+            self.req.request_id,
+            failed.address if failed else "?",
+            err,
+            committed,
+        )
+        self._drop_call()
+        if failed is not None:
+            failed.mark_unhealthy(f"session lost: {err}")
+        self._prepare_resume()
+        t0 = time.monotonic()
+        target = await connect(
+            self.client,
+            self._use,
+            self._open,
+            self._drop_call,
+            self.deadline,
+            patient=True,
+            cause=err,
+            avoid=failed,
+            open_timeout=self._open_timeout,
+            needs=self._resume_needs,
+        )
+        self.metrics.resumes.inc()
+        log.info(
+            "request %s resumed on %s after %.2fs", self.req.request_id, target.address, time.monotonic() - t0
+        )
+
+    def _use(self, target: CloudTarget | None) -> None:
+        """Account which target this generation occupies (CloudClient.choose spreads by it)."""
+        if self.target is not None:
+            self.target.active -= 1
+        self.target = target
+        if target is not None:
+            target.active += 1
+
+    # ── accounting and teardown ──────────────────────────────────────────────────────────────
     def _up(self, n: int) -> None:
         self.stats.uplink_bytes += n
         self.metrics.observe_bytes(n, 0)
@@ -114,11 +221,15 @@ class Generation:
         if call is not None:
             _await_status(call, timeout_s=10.0)
 
-    def abort(self) -> None:
-        """Synchronous cancel for cleanup paths that must not await (client went away)."""
+    def _drop_call(self) -> None:
         call, self._call = self._call, None
         if call is not None and not call.done():
             call.cancel()
+
+    def abort(self) -> None:
+        """Synchronous cancel for cleanup paths that must not await (client went away, request done)."""
+        self._drop_call()
+        self._use(None)
 
 
 class SpeculativeGeneration(Generation):
@@ -143,18 +254,34 @@ class SpeculativeGeneration(Generation):
         self._sent_at: dict[int, float] = {}  # round → perf_counter when the block was written
         self._wake = asyncio.Event()  # a verdict arrived: the sender may draft again
 
-    async def start(self) -> None:
-        self._call = self.client.stub.Session(timeout=self.req.timeout)
+    _open_timeout = OPEN_TIMEOUT_S
+    _resume_needs = (FEATURE_POSITION_RNG, FEATURE_RESUME, FEATURE_CHAIN)
+
+    async def _open(self, target: CloudTarget) -> None:
+        """OpenSession with the committed tokens (resume), then re-send the blocks in flight."""
+        self._call = target.stub.Session(timeout=self.deadline.remaining(), metadata=self.client.metadata)
         r, s = self.req, self.req.sampling
-        await self._send(OpenRequest(r.prompt_ids, s, r.codec, self.fingerprint, r.request_id))
+        self._wire_codec = r.codec  # the new session starts with the request's codec
+        resume = tuple(self.state.output)
+        await self._send(OpenRequest(r.prompt_ids, s, r.codec, self.fingerprint, r.request_id, resume))
         reply = await self._read()
         if not isinstance(reply, Opened):
             raise ProtocolViolationError(f"expected SessionOpened, got {type(reply).__name__}")
         self.prompt_tokens = reply.prompt_tokens or self.prompt_tokens
+        for block in list(self.state.inflight):  # same drafts, same payloads: the text is unchanged
+            await self._send_block(block)
+
+    def _committed(self) -> int:
+        return len(self.state.output)
+
+    def _prepare_resume(self) -> None:
+        self.state.reopen()  # rounds from 0, chain 0; counts the resume in the stats
+        self._sent_at.clear()
 
     async def close(self) -> None:
         """CloseSession + half-close, so the cloud ends the session as "closed" (not cancelled)."""
         call, self._call = self._call, None
+        self._use(None)
         if call is None or call.done():
             return
         try:
@@ -177,23 +304,30 @@ class SpeculativeGeneration(Generation):
         return int(size)
 
     async def _send(self, msg: SessionMessage) -> int:
-        """Write to the live call (returns the bytes written); a finished call takes nothing more."""
+        """Write to the live call (returns the bytes written); a finished call takes nothing more.
+
+        A call that ended under us raises its own status through the error seam (the session
+        is then resumed or the request fails with it), never a bare InvalidStateError.
+        """
         call = self._call
         if call is None or call.done():
             if self.state.finished:
                 return 0
-            raise cloud_unavailable("the session ended while a block was being sent")
+            raise await call_error(call)
         try:
             return await self._write(call, msg)
         except asyncio.InvalidStateError:  # the stream ended between the check and the write
-            if not self.state.finished:
-                raise cloud_unavailable("the session ended while a block was being sent") from None
-            return 0
+            if self.state.finished:
+                return 0
+            raise await call_error(call) from None
 
     async def _read(self) -> Opened | Verdict:
-        msg = await self._call.read()
+        call = self._call
+        if call is None:
+            raise ConnectionLostError("the session is gone")
+        msg = await call.read()
         if msg is grpc.aio.EOF:
-            raise cloud_unavailable("the session ended without an answer")
+            raise await call_error(call)
         assert isinstance(msg, pb.SessionResponse)
         self._down(msg.ByteSize())
         try:
@@ -239,13 +373,13 @@ class SpeculativeGeneration(Generation):
                 continue
             await self._draft_and_send(chained=True)
 
-    async def rounds(self) -> AsyncIterator[RoundOutput]:
-        assert self._call is not None, "start() first"
+    async def _stream(self) -> AsyncIterator[RoundOutput]:
         sender = asyncio.ensure_future(self._sender()) if self.req.pipeline else None
         try:
             while True:
                 if sender is None:
-                    await self._draft_and_send(chained=False)
+                    if not self.state.inflight:  # after a resume the re-sent block awaits its verdict
+                        await self._draft_and_send(chained=False)
                 elif sender.done():
                     sender.result()  # surfaces the sender's failure
                     if not self.state.inflight:
@@ -296,33 +430,51 @@ class SpeculativeGeneration(Generation):
 
 
 class CloudOnlyGeneration(Generation):
-    """Proxy Verifier.Generate: plain autoregressive sampling of the target (baseline, fallback)."""
+    """Proxy Verifier.Generate: plain autoregressive sampling of the target (baseline, fallback).
+
+    Resumes as Generate(prompt + tokens so far, max_new_tokens − tokens so far): the cloud keys
+    each position's draw by (seed, absolute position), so a seeded request continues exactly.
+    """
 
     def __init__(self, req: GenRequest, client: CloudClient, metrics: EdgeMetrics) -> None:
         super().__init__(req, client, metrics)
         self._first: pb.GenerateResponse | None = None
+        self.tokens: list[int] = []  # streamed so far (committed by the cloud)
 
-    async def start(self) -> None:
-        wire = generate_request_to_pb(
-            GenerateRequest(self.req.prompt_ids, self.req.sampling, self.req.request_id)
-        )
+    async def _open(self, target: CloudTarget) -> None:
+        r, done = self.req, len(self.tokens)
+        sampling = replace(r.sampling, max_new_tokens=r.sampling.max_new_tokens - done)
+        wire = generate_request_to_pb(GenerateRequest((*r.prompt_ids, *self.tokens), sampling, r.request_id))
         self._up(wire.ByteSize())
-        self._call = self.client.stub.Generate(wire, timeout=self.req.timeout)
+        self._call = target.stub.Generate(
+            wire, timeout=self.deadline.remaining(), metadata=self.client.metadata
+        )
         self._first = await self._next()  # surfaces UNAVAILABLE etc. before any HTTP byte is sent
 
+    def _committed(self) -> int:
+        return len(self.tokens)
+
+    def _prepare_resume(self) -> None:
+        self.stats.resumes += 1
+
     async def _next(self) -> pb.GenerateResponse:
-        msg = await self._call.read()
+        call = self._call
+        if call is None:
+            raise ConnectionLostError("the Generate stream is gone")
+        msg = await call.read()
         if msg is grpc.aio.EOF:
-            raise cloud_unavailable("Generate ended without finishing")
+            raise await call_error(call)
         assert isinstance(msg, pb.GenerateResponse)
         self._down(msg.ByteSize())
         return msg
 
-    async def rounds(self) -> AsyncIterator[RoundOutput]:
-        msg = self._first
-        assert msg is not None, "start() first"
+    async def _stream(self) -> AsyncIterator[RoundOutput]:
+        msg, self._first = self._first, None
+        if msg is None:
+            msg = await self._next()
         while True:
             chunk = generate_chunk_from_pb(msg)
+            self.tokens.extend(chunk.token_ids)
             reason = (_reason(chunk.finish_reason) or "stop") if chunk.finished else None
             if chunk.finished:
                 self._release_finished()

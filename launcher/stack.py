@@ -16,10 +16,13 @@ import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from types import FrameType, TracebackType
 
 from launcher.procs import ManagedProcess, ProcessFailedError, free_port, python_module_argv
+
+_CloudPorts = tuple[int, int, int]  # gRPC, metrics, health (0: none)
 
 # models profile -> (cloud target model, edge drafter model)
 MODEL_PAIRS: dict[str, tuple[str, str]] = {
@@ -35,6 +38,19 @@ def link_available() -> bool:
         return importlib.util.find_spec("link.__main__") is not None
     except ImportError:
         return False
+
+
+@dataclass(frozen=True)
+class StackTLS:
+    """PEM files for TLS on the gRPC hop (deploy/README.md shows how to make them with openssl)."""
+
+    ca: str  # signs the cloud's certificate; the edge trusts it
+    server_cert: str
+    server_key: str
+    client_ca: str | None = None  # set: mutual TLS (the cloud requires a client certificate)
+    client_cert: str | None = None
+    client_key: str | None = None
+    server_name: str | None = None  # the name the edge checks in the cloud's certificate
 
 
 @dataclass
@@ -60,9 +76,12 @@ class StackConfig:
     env: dict[str, str] = field(default_factory=dict)
     log_dir: Path | None = None
     ready_timeout: float = 180.0
+    extra_clouds: int = 0  # more cloud processes; the edge gets them as further --cloud targets
+    tls: StackTLS | None = None  # TLS (mutual with client_ca) on the gRPC hop; health on its own port
+    auth_token: str | None = None  # the cloud's --auth-token, and the edge's --cloud-token
 
 
-def _grpc_serving(address: str) -> bool:
+def grpc_serving(address: str) -> bool:
     """One grpc.health.v1 Check of the whole server (True when SERVING)."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -107,8 +126,11 @@ class Stack:
             import tempfile
 
             self.log_dir = Path(tempfile.mkdtemp(prefix="draftlink-stack-"))
+        self.health_port = free_port(h) if cfg.tls is not None else 0
+        self.extra_ports: list[_CloudPorts] = []  # (gRPC, metrics, health) ports of each extra cloud
         self._restarts = 0
         self.cloud = self._cloud_process()
+        self.extra_clouds = [self._extra_cloud(i) for i in range(cfg.extra_clouds)]
         self.link = self._link_process() if self.use_link else None
         self.edge = self._edge_process()
 
@@ -121,6 +143,11 @@ class Stack:
     def edge_upstream(self) -> str:
         """Where the edge's gRPC channel points: the link when there is one, else the cloud."""
         return f"{self.cfg.host}:{self.link_port}" if self.use_link else self.cloud_address
+
+    @property
+    def edge_targets(self) -> str:
+        """The edge's --cloud: its upstream, then every extra cloud (tried in this order)."""
+        return ",".join([self.edge_upstream, *(f"{self.cfg.host}:{p[0]}" for p in self.extra_ports)])
 
     @property
     def edge_url(self) -> str:
@@ -141,17 +168,36 @@ class Stack:
 
     @property
     def processes(self) -> list[ManagedProcess]:
-        """In start order: cloud, link, edge."""
-        return [p for p in (self.cloud, self.link, self.edge) if p is not None]
+        """In start order: cloud(s), link, edge."""
+        return [p for p in (self.cloud, *self.extra_clouds, self.link, self.edge) if p is not None]
 
     # ---- process definitions ----------------------------------------------------------------
-    def _cloud_process(self, name: str = "cloud") -> ManagedProcess:
+    def _cloud_process(self, name: str = "cloud", ports: _CloudPorts | None = None) -> ManagedProcess:
+        c = self.cfg
+        port, metrics_port, health_port = ports or (
+            self.cloud_port,
+            self.cloud_metrics_port,
+            self.health_port,
+        )
         argv = python_module_argv(
             "cloud",
-            *("--model", self.cloud_model, "--host", self.cfg.host, "--port", str(self.cloud_port)),
-            *("--metrics-port", str(self.cloud_metrics_port), *self.cfg.cloud_args),
+            *("--model", self.cloud_model, "--host", c.host, "--port", str(port)),
+            *("--metrics-port", str(metrics_port), *c.cloud_args),
         )
-        return ManagedProcess(name, argv, self.cfg.env, self.log_dir)
+        env = dict(c.env)
+        if c.tls is not None:
+            argv += ["--tls-cert", c.tls.server_cert, "--tls-key", c.tls.server_key]
+            argv += ["--tls-client-ca", c.tls.client_ca] if c.tls.client_ca else []
+            argv += ["--health-port", str(health_port)]
+        if c.auth_token is not None:
+            env["DRAFTLINK_CLOUD_AUTH_TOKEN"] = c.auth_token  # env, not argv: ps shows argv
+        return ManagedProcess(name, argv, env, self.log_dir)
+
+    def _extra_cloud(self, i: int) -> ManagedProcess:
+        h = self.cfg.host
+        ports = (free_port(h), free_port(h), free_port(h) if self.cfg.tls is not None else 0)
+        self.extra_ports.append(ports)
+        return self._cloud_process(f"cloud{i + 2}", ports)
 
     def _link_process(self, name: str = "link") -> ManagedProcess:
         c = self.cfg
@@ -167,11 +213,19 @@ class Stack:
         c = self.cfg
         argv = python_module_argv(
             "edge",
-            *("--model", self.edge_model, "--cloud", self.edge_upstream),
+            *("--model", self.edge_model, "--cloud", self.edge_targets),
             *("--host", c.host, "--port", str(self.edge_port)),
             *("--startup-timeout", str(c.ready_timeout), *c.edge_args),
         )
-        return ManagedProcess("edge", argv, c.env, self.log_dir)
+        env = dict(c.env)
+        if c.tls is not None:
+            argv += ["--tls-ca", c.tls.ca]
+            if c.tls.client_cert and c.tls.client_key:
+                argv += ["--tls-cert", c.tls.client_cert, "--tls-key", c.tls.client_key]
+            argv += ["--tls-server-name", c.tls.server_name] if c.tls.server_name else []
+        if c.auth_token is not None:
+            env["DRAFTLINK_EDGE_CLOUD_TOKEN"] = c.auth_token
+        return ManagedProcess("edge", argv, env, self.log_dir)
 
     # ---- lifecycle --------------------------------------------------------------------------
     def start(self) -> Stack:
@@ -180,6 +234,8 @@ class Stack:
             for p in self.processes:
                 p.start()
             self.wait_cloud_ready()
+            for cloud, ports in zip(self.extra_clouds, self.extra_ports, strict=True):
+                cloud.wait_ready(partial(self._cloud_serving, ports), self.cfg.ready_timeout)
             if self.link is not None:
                 self.link.wait_ready(lambda: _tcp_open(self.cfg.host, self.link_port), self.cfg.ready_timeout)
             self.wait_edge_ready()
@@ -189,7 +245,12 @@ class Stack:
         return self
 
     def wait_cloud_ready(self, timeout: float | None = None) -> None:
-        self.cloud.wait_ready(lambda: _grpc_serving(self.cloud_address), timeout or self.cfg.ready_timeout)
+        ports = (self.cloud_port, self.cloud_metrics_port, self.health_port)
+        self.cloud.wait_ready(lambda: self._cloud_serving(ports), timeout or self.cfg.ready_timeout)
+
+    def _cloud_serving(self, ports: _CloudPorts) -> bool:
+        """grpc.health.v1 SERVING (with TLS: on the cloud's plaintext health port)."""
+        return grpc_serving(f"{self.cfg.host}:{ports[2] if self.cfg.tls is not None else ports[0]}")
 
     def wait_edge_ready(self, timeout: float | None = None) -> None:
         self.edge.wait_ready(lambda: _http_ok(f"{self.edge_url}/health"), timeout or self.cfg.ready_timeout)

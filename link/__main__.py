@@ -2,46 +2,61 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import signal
 import sys
 from collections.abc import Sequence
 
 from common.config import describe
 from common.errors import ConfigError
-from common.runtime import run_async, setup_logging
+from common.runtime import EarlySignals, run_async, serve_until_signalled, setup_logging
 from link.config import LinkConfig, load
 from link.metrics import LinkMetrics
 from link.relay import LinkRelay
 
 log = logging.getLogger("draftlink.link")
 
-SHUTDOWN_GRACE_S = 1.0
+SHUTDOWN_GRACE_S = 1.0  # a cut connection is resumed by the edge; no need to hold it long
 
 
-async def serve(cfg: LinkConfig, stop: asyncio.Event | None = None) -> int:
-    """Start the relay and /metrics, wait for a stop signal, shut down in order; return 0."""
-    stop = stop if stop is not None else asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    metrics = LinkMetrics()
-    relay = LinkRelay(cfg, metrics)
-    await relay.start()
-    try:
-        if cfg.metrics_port:
-            port = metrics.serve(cfg.listen_addr[0], cfg.metrics_port)
-            log.info("metrics on http://%s:%d/metrics", cfg.listen_addr[0], port)
-        await stop.wait()
-        log.info("stopping: no new connections, closing %d open", relay.open_connections)
-    finally:
+class LinkProcess:
+    """The relay under common.runtime's lifecycle: listen, relay, stop accepting, close connections."""
+
+    def __init__(self, cfg: LinkConfig) -> None:
+        self.cfg = cfg
+        self.metrics = LinkMetrics()
+        self.relay = LinkRelay(cfg, self.metrics)
+        self._closed = False
+
+    async def start(self) -> None:
+        await self.relay.start()
+        if self.cfg.metrics_port:
+            port = self.metrics.serve(self.cfg.listen_addr[0], self.cfg.metrics_port)
+            log.info("metrics on http://%s:%d/metrics", self.cfg.listen_addr[0], port)
+
+    async def ready(self) -> None:
+        return None  # nothing slow: relaying starts with start()
+
+    async def drain(self, grace: float) -> None:
         # Order matters: stop accepting and close connections before the metrics go away.
-        await relay.close(grace=SHUTDOWN_GRACE_S)
-        metrics.close()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
-    log.info("stopped")
+        log.info("stopping: no new connections, closing %d open", self.relay.open_connections)
+        await self._close_relay(grace)
+
+    async def force(self) -> None:
+        await self._close_relay(0.0)
+
+    async def _close_relay(self, grace: float) -> None:
+        if not self._closed:
+            self._closed = True
+            await self.relay.close(grace=grace)
+
+    async def close(self) -> None:
+        await self._close_relay(0.0)
+        self.metrics.close()
+
+
+async def serve(cfg: LinkConfig, early: EarlySignals | None = None) -> int:
+    """Serve until a stop signal, then shut down in order; 0."""
+    await serve_until_signalled(LinkProcess(cfg), SHUTDOWN_GRACE_S, "draftlink-link", early)
     return 0
 
 
@@ -55,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(cfg.log_level)
     log.info("draftlink-link config %s", describe(cfg))
     try:
-        return run_async(serve(cfg))
+        return run_async(serve(cfg, EarlySignals()))
     except OSError as exc:  # e.g. the listen or metrics port is taken
         log.error("draftlink-link failed: %s", exc)
         return 1

@@ -9,6 +9,7 @@ from common.errors import (
     CapacityError,
     CodecError,
     ConfigError,
+    ConnectionLostError,
     InvalidRequestError,
     ModelError,
     PreconditionError,
@@ -19,7 +20,14 @@ from common.errors import (
     UnavailableError,
 )
 
-__all__ = ["INTERNAL_MESSAGE", "code_for", "error_for_status", "error_from_rpc", "status_for"]
+__all__ = [
+    "INTERNAL_MESSAGE",
+    "code_for",
+    "error_for_status",
+    "error_from_rpc",
+    "retryable",
+    "status_for",
+]
 
 # Server side, most specific first (checked with isinstance, in order). ProtocolError is a
 # PreconditionError; TokenizerMismatchError a ModelError.
@@ -37,7 +45,11 @@ _TO_CODE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
 )
 
 # Client side: which error class a status code comes back as (everything else: RemoteError).
+# CANCELLED and UNKNOWN reach a client that did not cancel when the connection died under a live
+# stream (peer killed, relay gone, reset): transient, like UNAVAILABLE.
 _FROM_CODE: dict[grpc.StatusCode, type[RequestError]] = {
+    grpc.StatusCode.CANCELLED: ConnectionLostError,
+    grpc.StatusCode.UNKNOWN: ConnectionLostError,
     grpc.StatusCode.INVALID_ARGUMENT: InvalidRequestError,
     grpc.StatusCode.FAILED_PRECONDITION: PreconditionError,
     grpc.StatusCode.RESOURCE_EXHAUSTED: CapacityError,
@@ -52,7 +64,7 @@ INTERNAL_MESSAGE = "internal server error"
 
 def code_for(exc: BaseException) -> grpc.StatusCode:
     """The status code an exception travels as (unknown errors → INTERNAL)."""
-    if isinstance(exc, RemoteError):
+    if isinstance(exc, RemoteError | ConnectionLostError):
         return getattr(grpc.StatusCode, exc.status, grpc.StatusCode.UNKNOWN)
     for cls, code in _TO_CODE:
         if isinstance(exc, cls):
@@ -75,6 +87,8 @@ def error_for_status(code: grpc.StatusCode, details: str | None) -> RequestError
     cls = _FROM_CODE.get(code)
     if cls is None:
         return RemoteError(message, code.name)
+    if cls is ConnectionLostError:
+        return ConnectionLostError(message, code.name)
     return cls(message)
 
 
@@ -83,3 +97,13 @@ def error_from_rpc(exc: grpc.RpcError) -> RequestError:
     code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
     details = exc.details() if hasattr(exc, "details") else str(exc)
     return error_for_status(code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN, details)
+
+
+def retryable(err: RequestError, opening: bool = False) -> bool:
+    """Client side: is this failure worth another attempt (same or next server, within the deadline)?
+
+    The server or the path failed, not the request: UNAVAILABLE, and streams cut under us
+    (ConnectionLostError). While opening a stream, a full server (RESOURCE_EXHAUSTED) is worth
+    trying elsewhere too. Never: invalid arguments, preconditions, auth, deadlines, INTERNAL.
+    """
+    return isinstance(err, UnavailableError) or (opening and isinstance(err, CapacityError))

@@ -58,7 +58,8 @@ ENV PATH=/opt/draftlink/bin:$PATH \
 USER 10001:10001
 WORKDIR /home/draftlink
 EXPOSE 50051 9101
-# Standard grpc.health.v1 check of the whole server ("" service), SERVING -> healthy.
+# Standard grpc.health.v1 check of the whole server ("" service), SERVING -> healthy; with TLS on,
+# on the plaintext health-only port (DRAFTLINK_CLOUD_HEALTH_PORT) when one is set.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=300s --retries=3 \
-    CMD ["python", "-c", "import os, sys, grpc; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as hg; ch = grpc.insecure_channel('127.0.0.1:' + os.environ.get('DRAFTLINK_CLOUD_PORT', '50051')); r = hg.HealthStub(ch).Check(h.HealthCheckRequest(service=''), timeout=4); sys.exit(r.status != h.HealthCheckResponse.SERVING)"]
+    CMD ["python", "-c", "import os, sys, grpc; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as hg; p = os.environ.get('DRAFTLINK_CLOUD_HEALTH_PORT', '0'); p = p if p not in ('', '0') else os.environ.get('DRAFTLINK_CLOUD_PORT', '50051'); ch = grpc.insecure_channel('127.0.0.1:' + p); r = hg.HealthStub(ch).Check(h.HealthCheckRequest(service=''), timeout=4); sys.exit(r.status != h.HealthCheckResponse.SERVING)"]
 ENTRYPOINT ["draftlink-cloud"]

@@ -172,14 +172,14 @@ def _rng(i: int) -> np.random.Generator:
 
 
 def test_drain_lets_live_sessions_finish() -> None:
-    """stop(): NOT_SERVING and no new sessions at once; a live session still completes its rounds."""
+    """drain(): NOT_SERVING and no new sessions at once; a live session still completes its rounds."""
     with ServerThread(tiny_config()) as srv, grpc.insecure_channel(srv.address) as ch:
         watch = health_pb2_grpc.HealthStub(ch).Watch(health_pb2.HealthCheckRequest(service=""), timeout=30)
         assert next(watch).status == HEALTHY.SERVING
         live = _open(srv, ch, max_new=8)
         codec = make_codec("qs:ell=240", srv.lm.vocab_size)
         assert live.round(0, codec.encode([])).next_token is not None
-        done = asyncio.run_coroutine_threadsafe(srv.server.stop(grace=20), srv.loop)
+        done = asyncio.run_coroutine_threadsafe(srv.server.drain(grace=20), srv.loop)
         assert next(watch).status == HEALTHY.NOT_SERVING  # health flips first
         with pytest.raises(grpc.RpcError) as info:
             _open(srv, ch)  # a new stream is refused

@@ -291,12 +291,14 @@ def _check_wiring(docs: list[dict[str, Any]]) -> None:
         assert {p["targetPort"] for p in svc["spec"]["ports"]} <= names
     cloud = deployments["draftlink-cloud"]["spec"]["template"]
     c = cloud["spec"]["containers"][0]
-    env = {e["name"]: e["value"] for e in c["env"]}
+    env = {e["name"]: e.get("value", "") for e in c["env"]}  # valueFrom (Secrets): no value here
+    # with TLS the kubelet's grpc probes (no TLS) use the plaintext health-only port
+    probe_port = int(env.get("DRAFTLINK_CLOUD_HEALTH_PORT") or env["DRAFTLINK_CLOUD_PORT"])
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert c[probe]["grpc"]["port"] == int(env["DRAFTLINK_CLOUD_PORT"])
+        assert c[probe]["grpc"]["port"] == probe_port
     assert cloud["metadata"]["annotations"]["prometheus.io/port"] == env["DRAFTLINK_CLOUD_METRICS_PORT"]
     edge = deployments["draftlink-edge"]["spec"]["template"]["spec"]["containers"][0]
-    edge_env = {e["name"]: e["value"] for e in edge["env"]}
+    edge_env = {e["name"]: e.get("value", "") for e in edge["env"]}
     assert edge["ports"][0]["containerPort"] == int(edge_env["DRAFTLINK_EDGE_PORT"])
     assert edge["readinessProbe"]["httpGet"]["path"] == "/health"
     target = edge_env["DRAFTLINK_EDGE_CLOUD"].rpartition(":")[0]

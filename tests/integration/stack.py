@@ -38,7 +38,7 @@ def start_stack(
         edge_args=("--threads", "1", "--health-interval", "0.5", *edge_args),
         env=dict(TEST_ENV),
         log_dir=tmp_path,
-        ready_timeout=120.0,
+        ready_timeout=kw.pop("ready_timeout", 120.0),
         **kw,
     )
     stack = Stack(cfg)

@@ -1,8 +1,10 @@
-"""Edge resilience, real processes: the cloud dies mid-request (503 / SSE error), returns, edge recovers."""
+"""Edge resilience, real processes: the cloud dies and stays away past the resume window (503 / SSE
+error saying cloud_unavailable), then returns and the edge recovers. Resumes that succeed: test_resume.py."""
 
 from __future__ import annotations
 
 import json
+import signal
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,9 +21,14 @@ pytestmark = pytest.mark.integration
 LONG = {"prompt": "hello", "max_tokens": 2000, "temperature": 0.8, "ignore_eos": True}
 
 
+RESUME_WINDOW_S = 2.0  # short: these tests are about the cloud *not* coming back in time
+EDGE_GRACE_S = 300.0  # long: only a second signal can end the edge's drain in time
+
+
 @pytest.fixture(scope="module")
 def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    yield from start_stack(request, tmp_path_factory.mktemp("stack"))
+    edge_args = ("--resume-timeout", str(RESUME_WINDOW_S), "--grace-period", str(EDGE_GRACE_S))
+    yield from start_stack(request, tmp_path_factory.mktemp("stack"), edge_args=edge_args)
 
 
 def health(stack: Stack) -> int:
@@ -52,6 +59,7 @@ def test_cloud_dies_mid_stream_then_recovers(stack: Stack) -> None:
     err = json.loads(rest[-2].removeprefix("data: "))["error"]
     assert err["type"] == "service_unavailable"
     assert err["code"] == "cloud_unavailable"
+    assert f"within {RESUME_WINDOW_S:.1f}s" in err["message"]
 
     r = httpx.post(f"{stack.edge_url}/v1/completions", json={"prompt": "x", "max_tokens": 3}, timeout=30)
     assert r.status_code == 503
@@ -64,6 +72,49 @@ def test_cloud_dies_mid_stream_then_recovers(stack: Stack) -> None:
     wait_for(lambda: health(stack) == 200, timeout=30, what="edge /health 200 after the cloud restarted")
     r = httpx.post(f"{stack.edge_url}/v1/completions", json={"prompt": "x", "max_tokens": 3}, timeout=30)
     assert r.status_code == 200, r.text
+
+
+def _stream_to_the_end(url: str, body: dict[str, object], started: threading.Event, out: list[str]) -> None:
+    with httpx.Client(base_url=url, timeout=60) as c, c.stream("POST", "/v1/completions", json=body) as r:
+        for line in r.iter_lines():
+            if line:
+                started.set()
+                out.append(line)
+
+
+def test_link_dies_under_eight_streams_all_end_with_cloud_unavailable(stack: Stack) -> None:
+    """Every stream cut by a dead relay ends with one cloud_unavailable event and [DONE] (never an
+    internal error from writing to an ended call), serial and streamed rounds alike."""
+    wait_for(lambda: health(stack) == 200, timeout=30, what="healthy stack")
+    assert stack.link is not None
+    assert stack.link.proc is not None
+    outs: list[list[str]] = [[] for _ in range(8)]
+    started = [threading.Event() for _ in range(8)]
+    threads = [
+        threading.Thread(
+            target=_stream_to_the_end,
+            args=(
+                stack.edge_url,
+                {**LONG, "stream": True, "draftlink": {"pipeline": i % 2 == 1}},
+                started[i],
+                outs[i],
+            ),
+        )
+        for i in range(8)
+    ]
+    for t in threads:
+        t.start()
+    for e in started:
+        assert e.wait(60)
+    stack.link.proc.kill()
+    stack.link.proc.wait(10)
+    for t in threads:
+        t.join(60)
+    for out in outs:
+        assert out[-1] == "data: [DONE]"
+        err = json.loads(out[-2].removeprefix("data: "))["error"]
+        assert err["code"] == "cloud_unavailable", err
+    stack.restart_link(uplink_bps=0.0, delay_ms=0.0)
 
 
 def test_cloud_dies_during_a_non_streaming_request(stack: Stack) -> None:
@@ -84,6 +135,26 @@ def test_cloud_dies_during_a_non_streaming_request(stack: Stack) -> None:
     wait_for(lambda: health(stack) == 200, timeout=30, what="edge /health 200 after the second restart")
     r = httpx.post(f"{stack.edge_url}/v1/completions", json={"prompt": "y", "max_tokens": 3}, timeout=30)
     assert r.status_code == 200
+
+
+def test_edge_drains_on_sigterm_and_a_second_signal_forces(stack: Stack) -> None:
+    """First SIGTERM: the live stream keeps streaming (drain); second: the edge exits 0 at once."""
+    wait_for(lambda: health(stack) == 200, timeout=30, what="healthy stack")
+    assert stack.edge.proc is not None
+    with (
+        httpx.Client(base_url=stack.edge_url, timeout=60) as c,
+        c.stream("POST", "/v1/completions", json={**LONG, "stream": True}) as r,
+    ):
+        lines = (ln for ln in r.iter_lines() if ln)
+        assert "error" not in json.loads(next(lines).removeprefix("data: "))
+        stack.edge.proc.send_signal(signal.SIGTERM)
+        for _ in range(5):  # draining: the stream goes on
+            assert "error" not in json.loads(next(lines).removeprefix("data: "))
+        stack.edge.proc.send_signal(signal.SIGTERM)
+        assert stack.edge.proc.wait(EDGE_GRACE_S / 2) == 0, stack.edge.logs()
+    log = stack.edge.logs()
+    assert "draining" in log
+    assert "second SIGTERM: cancelling what is left now" in log
 
 
 def test_sigterm_stops_all_three_cleanly(stack: Stack) -> None:

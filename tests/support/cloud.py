@@ -75,7 +75,8 @@ class ServerThread:
 
     def stop(self, grace: float = 0.0) -> None:
         if self._thread.is_alive():
-            self.call(lambda: self.server.stop(grace), timeout=grace + 30.0)
+            self.call(lambda: self.server.drain(grace), timeout=grace + 30.0)  # the process's sequence
+            self.call(self.server.close)
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(10)
         self.loop.close()

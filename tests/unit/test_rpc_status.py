@@ -61,7 +61,9 @@ def test_roundtrip_keeps_code_and_message(exc: Exception, code: grpc.StatusCode)
         (grpc.StatusCode.DEADLINE_EXCEEDED, st.SessionTimeoutError),
         (grpc.StatusCode.UNAUTHENTICATED, st.AuthError),
         (grpc.StatusCode.INTERNAL, st.RemoteError),
-        (grpc.StatusCode.CANCELLED, st.RemoteError),
+        (grpc.StatusCode.CANCELLED, st.ConnectionLostError),
+        (grpc.StatusCode.UNKNOWN, st.ConnectionLostError),
+        (grpc.StatusCode.ABORTED, st.RemoteError),
     ],
 )
 def test_error_for_status(code: grpc.StatusCode, cls: type[st.RequestError]) -> None:
@@ -103,7 +105,37 @@ def test_domain_errors_carry_no_transport_types() -> None:
 
 
 def test_remote_error_keeps_its_status_name() -> None:
-    err = seam.error_for_status(grpc.StatusCode.CANCELLED, "gone")
+    err = seam.error_for_status(grpc.StatusCode.ABORTED, "conflict")
     assert isinstance(err, st.RemoteError)
+    assert err.status == "ABORTED"
+    assert seam.code_for(err) == grpc.StatusCode.ABORTED
+
+
+def test_a_cut_stream_is_a_lost_connection_that_keeps_its_status_name() -> None:
+    err = seam.error_for_status(grpc.StatusCode.CANCELLED, "gone")
+    assert isinstance(err, st.ConnectionLostError)
+    assert isinstance(err, st.UnavailableError)
     assert err.status == "CANCELLED"
     assert seam.code_for(err) == grpc.StatusCode.CANCELLED
+
+
+@pytest.mark.parametrize(
+    ("code", "mid_stream", "opening"),
+    [
+        (grpc.StatusCode.UNAVAILABLE, True, True),
+        (grpc.StatusCode.CANCELLED, True, True),
+        (grpc.StatusCode.UNKNOWN, True, True),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, False, True),
+        (grpc.StatusCode.INVALID_ARGUMENT, False, False),
+        (grpc.StatusCode.FAILED_PRECONDITION, False, False),
+        (grpc.StatusCode.UNAUTHENTICATED, False, False),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, False, False),
+        (grpc.StatusCode.INTERNAL, False, False),
+        (grpc.StatusCode.ABORTED, False, False),
+    ],
+)
+def test_retryable(code: grpc.StatusCode, mid_stream: bool, opening: bool) -> None:
+    """Resume retries what the server or the path failed at, never what the request got wrong."""
+    err = seam.error_for_status(code, "x")
+    assert seam.retryable(err) is mid_stream
+    assert seam.retryable(err, opening=True) is opening
