@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -16,6 +16,9 @@ from common.protocol import Block
 from common.rounds import InFlight, SpecState, draft_one, synced_prefix
 from common.sampling import fresh_seed, probs_from_logits
 from common.types import SamplingParams
+from edge.policy import DraftPolicy, StaticPolicy
+
+BLOCK_FIELDS_BYTES = 8  # a DraftBlock's protobuf fields around the payload (round, chain, more)
 
 
 @dataclass
@@ -52,9 +55,15 @@ class _Seq:
 
 
 def _draft_block(
-    drafter: _Seq, ctx: Sequence[int], n: int, codec: Codec, params: SamplingParams
+    drafter: _Seq,
+    ctx: Sequence[int],
+    n: int,
+    codec: Codec,
+    params: SamplingParams,
+    stop: Callable[[], bool] | None = None,
 ) -> list[Draft]:
-    """Draft n tokens after ctx with the drafter (the last draft is not fed back)."""
+    """Draft up to n tokens after ctx (fewer when `stop()` says so after a draft; the last draft is
+    not fed back)."""
     assert params.seed is not None
     drafts: list[Draft] = []
     if n <= 0:
@@ -62,8 +71,9 @@ def _draft_block(
     logits = drafter.feed(drafter.pending(ctx))[-1]  # [V]
     for i in range(n):
         drafts.append(draft_one(logits, codec, params, params.seed, len(ctx) + i))
-        if i + 1 < n:
-            logits = drafter.feed([drafts[-1].token])[-1]
+        if i + 1 == n or (stop is not None and stop()):
+            break
+        logits = drafter.feed([drafts[-1].token])[-1]
     return drafts
 
 
@@ -75,30 +85,45 @@ def speculative_generate(
     params: SamplingParams,
     draft_len: int,
     depth: int = 0,
+    policy: DraftPolicy | None = None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> SpecRun:
     """The edge+cloud round loop in one process (the protocol-overhead-free reference).
 
     The same round core as the services: SpecState (edge side) and VerifySession (cloud side),
     joined by a function call instead of gRPC. depth = 0: serial rounds; depth >= 1: streamed
-    rounds, drafting up to `depth` chained blocks ahead before the oldest one is verified.
+    rounds, drafting up to `depth` chained blocks ahead before the oldest one is verified (with a
+    `policy`: up to policy.depth). `policy` shapes each block as the edge's would (default: the
+    fixed draft_len and codec_spec) and sees the same observations, timed by `clock`.
     """
     if params.seed is None:
         params = replace(params, seed=fresh_seed())
-    codec = make_codec(codec_spec, target.vocab_size)
-    limits = VerifierLimits(max(draft_len, 1), len(prompt_ids), params.max_new_tokens)
+    if policy is None:
+        policy = StaticPolicy(draft_len, make_codec(codec_spec, target.vocab_size), max(depth, 1))
+    limits = VerifierLimits(max(draft_len, 64), len(prompt_ids), params.max_new_tokens)
     verifier = VerifySession(target, params, prompt_ids, limits, make_codec(codec_spec, target.vocab_size))
     state, d, chained = SpecState(prompt_ids, params), _Seq(drafter), depth > 0
-    wire: deque[InFlight] = deque()  # blocks sent, not yet seen by the verifier (void ones too)
-    start = time.perf_counter()
+    wire: deque[tuple[InFlight, float]] = deque()  # blocks sent, not yet verified (void ones too)
+    cloud_codec = make_codec(codec_spec, target.vocab_size).spec
+    start = clock()
     while not state.finished:
-        while state.draftable and len(state.inflight) < max(depth, 1):
-            drafts = _draft_block(d, state.context(), state.plan(draft_len, chained), codec, params)
+        while state.draftable and len(state.inflight) < (policy.depth if chained else 1):
+            plan = policy.plan_block(state)  # before any of the block's drafts is drawn
+            t0 = clock()
+            n = state.plan(plan.want, chained)
+            drafts = _draft_block(d, state.context(), n, plan.codec, params, plan.stop)
+            payload = plan.codec.encode(drafts)
             stop = bool(drafts) and drafts[-1].token in params.stop_token_ids
-            wire.append(state.seal(drafts, codec.encode(drafts), codec.spec, more=chained and not stop))
-        block = wire.popleft()
-        outcome = verifier.verify_block(Block(block.round, block.payload, block.more, block.chain))
-        if outcome is not None:  # None: a void block (drafted past a rejection), dropped
+            block = state.seal(drafts, payload, plan.codec.spec, more=chained and not stop)
+            policy.observe_sent(block, clock() - t0, len(payload) + BLOCK_FIELDS_BYTES)
+            wire.append((block, clock()))
+        block, sent = wire.popleft()
+        switch = None if block.codec == cloud_codec else block.codec
+        outcome = verifier.verify_block(Block(block.round, block.payload, block.more, block.chain, switch))
+        if outcome is not None:  # None: a void block (drafted past a rejection), dropped unread
+            cloud_codec = block.codec
             state.apply(outcome.verdict)
+            policy.observe_verdict(block, outcome.verdict, clock() - sent)
     st = state.stats
     per_pos = st.accepted_per_pos + [0] * max(0, draft_len - len(st.accepted_per_pos))
     return SpecRun(
@@ -106,7 +131,7 @@ def speculative_generate(
         rounds=st.rounds,
         drafted=st.num_draft_tokens,
         accepted=st.num_accepted,
-        seconds=time.perf_counter() - start,
+        seconds=clock() - start,
         per_pos_accepted=per_pos,
         void_blocks=st.void_blocks,
     )

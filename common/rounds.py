@@ -118,6 +118,10 @@ class SpecStats:
     queue_seconds: float = 0.0
     draft_seconds: float = 0.0
     codecs: dict[str, int] = field(default_factory=dict)  # blocks sent per codec spec
+    draft_lens: dict[int, int] = field(default_factory=dict)  # blocks sent by number of drafts
+    support_sizes: dict[int, int] = field(default_factory=dict)  # lattice drafts sent by K (|S|)
+    ells: dict[int, int] = field(default_factory=dict)  # lattice drafts sent by ℓ
+    controller: dict[str, Any] | None = None  # the adaptive policy's latest decision and estimates
 
     def record_sent(self, block: InFlight) -> None:
         self.blocks_sent += 1
@@ -125,6 +129,11 @@ class SpecStats:
         self.payload_bytes += len(block.payload)
         self.sent_draft_tokens += len(block.drafts)
         self.codecs[block.codec] = self.codecs.get(block.codec, 0) + 1
+        _bump(self.draft_lens, len(block.drafts))
+        for d in block.drafts:
+            if d.counts is not None:  # dense float codecs have neither K nor ℓ
+                _bump(self.support_sizes, d.counts.shape[0])  # dense QS: V
+                _bump(self.ells, d.ell)
 
     def record_verdict(self, num_drafts: int, v: Verdict, void_blocks: int, void_drafts: int) -> None:
         """Account one verified block (after SpecState checked the verdict)."""
@@ -172,6 +181,12 @@ class SpecStats:
             "void_draft_tokens": self.void_draft_tokens,
             "resumes": self.resumes,
             "codecs": dict(self.codecs),
+            "draft_len_hist": _hist(self.draft_lens),
+            "support_size_hist": _hist(self.support_sizes),
+            "ell_hist": _hist(self.ells),
+            "mean_support_size": _mean(self.support_sizes),
+            "mean_ell": _mean(self.ells),
+            **({"controller": dict(self.controller)} if self.controller is not None else {}),
             "verify_seconds": round(self.verify_seconds, 6),
             "queue_seconds": round(self.queue_seconds, 6),
             "draft_seconds": round(self.draft_seconds, 6),
@@ -180,6 +195,20 @@ class SpecStats:
 
 def _ratio(num: float, den: float) -> float | None:
     return num / den if den else None
+
+
+def _bump(hist: dict[int, int], key: int) -> None:
+    hist[key] = hist.get(key, 0) + 1
+
+
+def _hist(hist: dict[int, int]) -> dict[str, int]:
+    """A histogram as JSON-ready {"value": count}, ascending values."""
+    return {str(k): hist[k] for k in sorted(hist)}
+
+
+def _mean(hist: dict[int, int]) -> float | None:
+    total = sum(hist.values())
+    return sum(k * n for k, n in hist.items()) / total if total else None
 
 
 class SpecState:

@@ -19,7 +19,7 @@ from common.rpc.convert import ServerInfo
 from common.runtime import EarlySignals, serve_until_signalled
 from common.tls import load_client_tls
 from edge.client import CloudClient, CloudSettings, StartupError
-from edge.config import EdgeConfig
+from edge.config import AUTO, EdgeConfig
 from edge.drafter import Drafter
 from edge.http_api import build_app
 from edge.metrics import EdgeMetrics
@@ -47,10 +47,14 @@ def check_cloud(cfg: EdgeConfig, lm: LoadedModel, info: ServerInfo) -> None:
             f"vocabulary size mismatch: drafter {cfg.model} has {lm.vocab_size}, "
             f"cloud {info.model_id} has {info.vocab_size}"
         )
-    kind = codec_kind(cfg.codec)
-    if info.codecs and kind not in info.codecs:
+    kind = codec_kind(cfg.static_codec)
+    if info.codecs and kind not in info.codecs and cfg.codec != AUTO:
         raise StartupError(f"the cloud does not decode codec {kind!r} (it decodes {', '.join(info.codecs)})")
-    if info.limits.max_draft_len and cfg.draft_len > info.limits.max_draft_len:
+    if (
+        info.limits.max_draft_len
+        and cfg.draft_len != AUTO
+        and cfg.static_draft_len > info.limits.max_draft_len
+    ):
         raise StartupError(f"draft_len {cfg.draft_len} exceeds the cloud's limit {info.limits.max_draft_len}")
 
 

@@ -10,6 +10,9 @@ from common.errors import CodecError, ConfigError
 
 ENV_PREFIX = "DRAFTLINK_EDGE_"
 MAX_DRAFT_LEN = 64
+AUTO = "auto"  # draft_len / codec chosen per block by the adaptive controller (edge/adaptive.py)
+STATIC_CODEC = "ksqs:k=16,ell=100"  # cold-start codec when the edge's default codec is "auto"
+STATIC_DRAFT_LEN = 4  # cold-start draft length when the edge's default draft_len is "auto"
 
 
 @dataclass(frozen=True)
@@ -24,8 +27,14 @@ class EdgeConfig:
     )
     host: str = field("127.0.0.1", "HTTP bind address")
     port: int = field(8000, "HTTP port (OpenAI API, /health and /metrics)")
-    codec: str = field("ksqs:k=16,ell=100", "default draft codec spec (per-request override allowed)")
-    draft_len: int = field(4, "default drafts per round L (per-request override allowed)")
+    codec: str = field(STATIC_CODEC, "default draft codec spec, or 'auto' (per-request override allowed)")
+    draft_len: str = field(
+        str(STATIC_DRAFT_LEN), "default drafts per round L, or 'auto' (per-request override allowed)"
+    )
+    auto_max_draft_len: int = field(16, "longest block the adaptive controller chooses (draft_len auto)")
+    client_states: int = field(
+        1024, "clients whose C-SQS threshold and acceptance carry over between requests (LRU; 0 = none)"
+    )
     pipeline: bool = field(False, "streamed rounds: keep drafting while blocks are in flight (per request)")
     pipeline_depth: int = field(4, "streamed rounds: blocks of one chain in flight at most")
     temperature: float = field(0.7, "temperature used when a request omits it (0 = greedy)")
@@ -63,7 +72,16 @@ class EdgeConfig:
         """Raise ConfigError for values the daemon cannot run with."""
         parse_targets(self.cloud)
         _check(0 <= self.port < 65536, f"port out of range: {self.port}")
-        _check(1 <= self.draft_len <= MAX_DRAFT_LEN, f"draft_len must be in [1, {MAX_DRAFT_LEN}]")
+        _check(
+            self.draft_len == AUTO
+            or (self.draft_len.isdigit() and 1 <= int(self.draft_len) <= MAX_DRAFT_LEN),
+            f"draft_len must be 'auto' or in [1, {MAX_DRAFT_LEN}], got {self.draft_len!r}",
+        )
+        _check(
+            1 <= self.auto_max_draft_len <= MAX_DRAFT_LEN,
+            f"auto_max_draft_len must be in [1, {MAX_DRAFT_LEN}]",
+        )
+        _check(self.client_states >= 0, "client_states must be >= 0")
         _check(1 <= self.pipeline_depth <= 64, "pipeline_depth must be in [1, 64]")
         _check(0.0 <= self.temperature <= 100.0, "temperature must be in [0, 100]")
         _check(0.0 < self.top_p <= 1.0, "top_p must be in (0, 1]")
@@ -82,11 +100,21 @@ class EdgeConfig:
         try:
             from common.codec import parse_codec_spec
 
-            parse_codec_spec(self.codec)
+            parse_codec_spec(self.static_codec)
         except ImportError:  # codec package not installed yet: checked again when the codec is built
             pass
         except CodecError as exc:
             raise ConfigError(f"invalid codec spec {self.codec!r}: {exc}") from None
+
+    @property
+    def static_codec(self) -> str:
+        """The default codec, or the cold-start one when it is "auto"."""
+        return STATIC_CODEC if self.codec == AUTO else self.codec
+
+    @property
+    def static_draft_len(self) -> int:
+        """The default draft length, or the cold-start one when it is "auto"."""
+        return STATIC_DRAFT_LEN if self.draft_len == AUTO else int(self.draft_len)
 
 
 def parse_targets(spec: str) -> list[tuple[str, str, int]]:

@@ -8,6 +8,7 @@ that has not been committed yet: plans are made before the block's drafts are dr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -22,6 +23,10 @@ class BlockPlan:
 
     want: int  # drafts wanted (SpecState.plan cuts it to the budget)
     codec: Codec  # compresses this block; its spec goes on the wire when it changes
+    # Asked on the drafter thread after each draft of the block; True ends the block there. It
+    # decides whether the NEXT position is drafted, so it may look at the drafts so far, never
+    # at a draft it has not seen (the exactness rule).
+    stop: Callable[[], bool] | None = None
 
 
 class DraftPolicy(Protocol):
@@ -48,10 +53,13 @@ class DraftPolicy(Protocol):
 class StaticPolicy:
     """The request's fixed draft length and codec (draft_len and codec given explicitly)."""
 
-    def __init__(self, draft_len: int, codec: Codec, depth: int) -> None:
+    def __init__(
+        self, draft_len: int, codec: Codec, depth: int, after_verdict: Callable[[], None] | None = None
+    ) -> None:
         self.draft_len = draft_len
         self.codec = codec
         self._depth = depth
+        self._after_verdict = after_verdict  # e.g. keep the C-SQS threshold for the client's next request
 
     @property
     def depth(self) -> int:
@@ -64,4 +72,5 @@ class StaticPolicy:
         return None
 
     def observe_verdict(self, block: InFlight, verdict: Verdict, waited_seconds: float) -> None:
-        return None
+        if self._after_verdict is not None:
+            self._after_verdict()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -27,9 +27,10 @@ class DraftlinkOptions(BaseModel):
 
     model_config = ConfigDict(strict=True, extra="forbid")
     mode: Mode = "speculative"
-    codec: str | None = Field(default=None, max_length=MAX_CODEC_SPEC_CHARS)
-    draft_len: int | None = Field(default=None, ge=1, le=MAX_DRAFT_LEN)
+    codec: str | None = Field(default=None, max_length=MAX_CODEC_SPEC_CHARS)  # a spec, or "auto" (per block)
+    draft_len: Annotated[int, Field(ge=1, le=MAX_DRAFT_LEN)] | Literal["auto"] | None = None
     pipeline: bool | None = None  # streamed rounds (default: the edge's --pipeline)
+    session_key: str | None = Field(default=None, max_length=256)  # whose carried-over state to use
 
 
 class StreamOptions(_Strict):

@@ -14,8 +14,9 @@ from common.errors import CodecError
 from common.protocol import FEATURE_CHAIN, ServerInfo
 from common.sampling import fresh_seed
 from common.types import SamplingParams
+from edge.adaptive import AutoRequest
 from edge.client import CloudClient
-from edge.config import MAX_DRAFT_LEN, EdgeConfig
+from edge.config import AUTO, MAX_DRAFT_LEN, EdgeConfig
 from edge.detok import Decoder, TextStream
 from edge.drafter import Drafter
 from edge.errors import (
@@ -25,6 +26,7 @@ from edge.errors import (
     prompt_too_long,
     too_many_requests,
 )
+from edge.hub import AdaptiveHub
 from edge.metrics import EdgeMetrics
 from edge.schema import ChatCompletionRequest, CompletionRequest, new_id, usage
 from edge.session import Generation, GenRequest, make_generation
@@ -91,6 +93,13 @@ class EdgeService:
         self.created = int(time.time())
         self.running = 0
         self.draining = False  # SIGTERM: /health reports 503 so balancers stop sending requests
+        self.adaptive = AdaptiveHub(  # the controller's edge-wide estimates and client states
+            drafter.lm.vocab_size,
+            self.limits.codec_kinds,
+            cfg.static_codec,
+            min(cfg.auto_max_draft_len, self.limits.max_draft_len),
+            cfg.client_states,
+        )
 
     # ---- validation ----------------------------------------------------------------------
     async def resolve(self, body: CompletionRequest | ChatCompletionRequest) -> GenRequest:
@@ -104,7 +113,7 @@ class EdgeService:
         if body.model is not None and body.model not in self.aliases:
             raise model_not_found(body.model, sorted(self.aliases))
         max_new = self._max_tokens(body.requested_max_tokens(), isinstance(body, ChatCompletionRequest))
-        mode, codec, draft_len = self._overrides(body)
+        mode, codec, draft_len, auto = self._overrides(body)
         sampling = self._sampling(body, max_new)
         prompt = await self.prompt_ids(body)
         opts = body.draftlink
@@ -120,6 +129,7 @@ class EdgeService:
             self.cfg.request_timeout,
             pipeline=pipeline,
             pipeline_depth=self.cfg.pipeline_depth,
+            auto=auto,
         )
 
     def _sampling(self, body: CompletionRequest | ChatCompletionRequest, max_new: int) -> SamplingParams:
@@ -149,11 +159,20 @@ class EdgeService:
             )
         return requested
 
-    def _overrides(self, body: CompletionRequest | ChatCompletionRequest) -> tuple[str, str, int]:
+    def _overrides(
+        self, body: CompletionRequest | ChatCompletionRequest
+    ) -> tuple[str, str, int, AutoRequest | None]:
+        """(mode, codec, draft_len, auto): codec/draft_len are the static or cold-start settings."""
         opts = body.draftlink
         mode = opts.mode if opts else "speculative"
         codec = (opts.codec if opts and opts.codec is not None else None) or self.cfg.codec
-        draft_len = opts.draft_len if opts and opts.draft_len is not None else self.cfg.draft_len
+        want_len: int | str = opts.draft_len if opts and opts.draft_len is not None else self.cfg.draft_len
+        auto_codec, auto_len = codec.strip().lower() == AUTO, want_len == AUTO
+        if auto_codec:
+            codec = self.cfg.static_codec
+            if self.adaptive.default_codec not in self.adaptive.specs:  # the cloud cannot decode it
+                codec = self.adaptive.specs[0]
+        draft_len = min(self.cfg.static_draft_len, self.limits.max_draft_len) if auto_len else int(want_len)
         try:
             kind = codec_kind(codec)
         except (CodecError, ValueError) as exc:
@@ -166,7 +185,11 @@ class EdgeService:
         if not 1 <= draft_len <= self.limits.max_draft_len:
             msg = f"draft_len must be in [1, {self.limits.max_draft_len}], got {draft_len}"
             raise bad_request(msg, param="draftlink.draft_len")
-        return mode, codec, draft_len
+        # C-SQS thresholds and priors carry over per client: session_key, else the OpenAI `user`,
+        # else the edge-wide key (one API key per edge, so that is the API key's state).
+        client = opts.session_key if opts and opts.session_key is not None else (body.user or "")
+        auto = AutoRequest(auto_len, auto_codec, client, self.adaptive) if mode == "speculative" else None
+        return mode, codec, draft_len, auto
 
     # ---- prompts ---------------------------------------------------------------------------
     async def prompt_ids(self, body: CompletionRequest | ChatCompletionRequest) -> list[int]:
@@ -308,7 +331,13 @@ class Run:
         out: dict[str, Any] = {"usage": usage(prompt_tokens, self.completion_tokens)}
         spec = self.gen.stats.summary()
         spec["mode"] = self.gen.req.mode
-        spec["codec"] = self.gen.req.codec if self.gen.req.mode == "speculative" else None
+        req = self.gen.req
+        spec["codec"] = (
+            None if req.mode != "speculative" else AUTO if req.auto and req.auto.codec else req.codec
+        )
+        spec["draft_len"] = (
+            None if req.mode != "speculative" else AUTO if req.auto and req.auto.draft_len else req.draft_len
+        )
         out["metrics"] = {"speculative_decoding": spec}
         if token_ids:
             out["token_ids"] = self.tokens[: self.completion_tokens]

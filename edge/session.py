@@ -12,7 +12,6 @@ from typing import Any
 
 import grpc
 
-from common.codec import make_codec
 from common.errors import ConnectionLostError, InvalidRequestError, RequestError
 from common.protocol import (
     FEATURE_CHAIN,
@@ -35,11 +34,12 @@ from common.rpc.convert import (
     session_reply_from_pb,
 )
 from common.types import FinishReason, SamplingParams
+from edge.adaptive import AutoRequest, make_policy
 from edge.client import CloudClient, CloudTarget
 from edge.drafter import Drafter, DraftState
 from edge.errors import cloud_unavailable
 from edge.metrics import EdgeMetrics
-from edge.policy import DraftPolicy, StaticPolicy
+from edge.policy import DraftPolicy
 from edge.resume import MAX_STALLED_RESUMES, OPEN_TIMEOUT_S, Deadline, call_error, connect, lost
 
 log = logging.getLogger("draftlink.edge.session")
@@ -77,6 +77,7 @@ class GenRequest:
     timeout: float
     pipeline: bool = False  # streamed rounds: keep drafting while blocks are in flight
     pipeline_depth: int = 4  # blocks of one chain in flight at most (streamed rounds)
+    auto: AutoRequest | None = None  # draft_len/codec "auto", and the client's carried-over state
 
 
 @dataclass(frozen=True)
@@ -247,8 +248,15 @@ class SpeculativeGeneration(Generation):
         self.fingerprint = drafter.lm.fingerprint
         self.state = SpecState(req.prompt_ids, req.sampling)
         self.stats = self.state.stats
-        codec = make_codec(req.codec, drafter.lm.vocab_size)
-        self.policy: DraftPolicy = StaticPolicy(req.draft_len, codec, req.pipeline_depth)
+        self.policy: DraftPolicy = make_policy(
+            req.codec,
+            req.draft_len,
+            drafter.lm.vocab_size,
+            req.sampling,
+            req.pipeline,
+            req.pipeline_depth,
+            req.auto,
+        )
         self.draft: DraftState = drafter.new_state(req.sampling)
         self._wire_codec = req.codec  # the codec spec the cloud decodes with now
         self._sent_at: dict[int, float] = {}  # round → perf_counter when the block was written
@@ -341,9 +349,12 @@ class SpeculativeGeneration(Generation):
         state, chain = self.state, self.state.chain
         plan = self.policy.plan_block(state)  # decided before any of the block's drafts is drawn
         n = state.plan(plan.want, chained)
-        drafts, payload, seconds = await self.drafter.draft(
-            self.draft, state.context(), n, plan.codec, lambda: state.chain != chain or state.finished
-        )
+        stop = plan.stop
+
+        def abort() -> bool:  # the chain ended (drafts void), or the policy ends the block here
+            return state.chain != chain or state.finished or (stop is not None and stop())
+
+        drafts, payload, seconds = await self.drafter.draft(self.draft, state.context(), n, plan.codec, abort)
         self.metrics.draft_seconds.observe(seconds)
         state.stats.draft_seconds += seconds
         if state.chain != chain or not state.draftable:
@@ -420,6 +431,8 @@ class SpeculativeGeneration(Generation):
             self.policy.observe_verdict(block, v, waited)
         if applied.chain_ended:  # void blocks never get a verdict
             self._sent_at.clear()
+        if applied.void_blocks:  # the cloud drops void blocks unread, codec switches included
+            self._wire_codec = ""
         self._wake.set()
         self.metrics.observe_round(drafted, v.accepted, v.resampled, v.verify_seconds)
         self.metrics.observe_void(applied.void_blocks, applied.void_drafts)

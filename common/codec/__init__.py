@@ -13,7 +13,7 @@ from common.codec.lattice import (
 )
 from common.codec.registry import SUPPORTED_SPECS, make_codec
 from common.codec.spec import DEFAULT_CSQS_KMAX, KIND_IDS, MAX_ELL, MAX_K, CodecSpec, parse_codec_spec
-from common.codec.sqs import CSQSCodec, KSQSCodec, QSCodec, SparseCodec
+from common.codec.sqs import CSQSCodec, CSQSState, KSQSCodec, QSCodec, SparseCodec
 
 __all__ = [
     "BITSTREAM_VERSION",
@@ -23,6 +23,7 @@ __all__ = [
     "MAX_K",
     "SUPPORTED_SPECS",
     "CSQSCodec",
+    "CSQSState",
     "Codec",
     "CodecSpec",
     "DenseCodec",

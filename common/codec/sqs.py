@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -182,6 +183,19 @@ class KSQSCodec(SparseCodec):
         exact_body_size(n, self.formula_bits(), body_bytes)
 
 
+@dataclass(frozen=True)
+class CSQSState:
+    """The online part of a C-SQS codec: threshold β_t and the number of updates behind it.
+
+    Carried between a client's requests (edge/adaptive.py) so β does not restart at β₁; valid only
+    for the spec it was exported from (α, η, ℓ, kmax define what β means).
+    """
+
+    spec: str  # canonical spec of the codec it came from
+    beta: float
+    steps: int
+
+
 class CSQSCodec(SparseCodec):
     """C-SQS: retained set {v: q(v) >= β} ∪ {argmax} (cap kmax), β updated online (method.md §6)."""
 
@@ -223,6 +237,23 @@ class CSQSCodec(SparseCodec):
         """β ← min(β + η(α − L_t), 1); never clipped from below (that is what bounds the loss)."""
         self.beta = min(self.beta + self.eta * (self.alpha - dropped), 1.0)
         self.steps += 1
+
+    def export_state(self) -> CSQSState:
+        """A snapshot of β_t (and its step count) for `import_state` on a later codec of this spec."""
+        return CSQSState(self.spec, self.beta, self.steps)
+
+    def import_state(self, state: CSQSState) -> None:
+        """Continue from an exported β (CodecError for another spec or a β the update cannot reach).
+
+        Any β is exact (it only shapes q̂ before the draw); the checks keep a corrupt store from
+        producing a NaN threshold. β <= 1 always holds after an update; below, it is unbounded.
+        """
+        if state.spec != self.spec:
+            raise CodecError(f"C-SQS state of {state.spec!r} does not fit {self.spec!r}")
+        if not (math.isfinite(state.beta) and state.beta <= 1.0) or state.steps < 0:
+            raise CodecError(f"invalid C-SQS state beta={state.beta!r} steps={state.steps!r}")
+        self.beta = float(state.beta)
+        self.steps = int(state.steps)
 
     def _write_k(self, w: BitWriter, k: int) -> None:
         if not 1 <= k <= self.k_cap:

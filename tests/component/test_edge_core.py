@@ -85,7 +85,8 @@ def test_config_defaults_env_and_secret_masking() -> None:
     cfg = load_edge_config([], env={})
     assert cfg == EdgeConfig()
     cfg = load_edge_config(["--draft-len", "6"], env={"DRAFTLINK_EDGE_API_KEY": "sekret"})
-    assert cfg.draft_len == 6
+    assert cfg.draft_len == "6"
+    assert cfg.static_draft_len == 6
     assert cfg.api_key == "sekret"
     assert "sekret" not in describe(cfg)
 
@@ -169,4 +170,4 @@ def test_check_cloud_refuses_a_different_tokenizer() -> None:
     assert lm.fingerprint in msg
     assert "f" * 64 in msg
     with pytest.raises(StartupError, match="draft_len"):
-        check_cloud(replace(cfg, draft_len=9), lm, _info(lm.fingerprint))
+        check_cloud(replace(cfg, draft_len="9"), lm, _info(lm.fingerprint))
