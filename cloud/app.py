@@ -28,6 +28,7 @@ from common.models import LoadedModel, load_model
 from common.protocol import FEATURES
 from common.rpc import convert as cv
 from common.rpc import pb, pb_grpc
+from common.wire import LEAN_HTTP2, GrpcArg, merge_args, parse_grpc_args
 
 log = logging.getLogger("draftlink.cloud")
 
@@ -73,12 +74,13 @@ class CloudServer:
         """Bind and serve health (NOT_SERVING) and reflection at once; the model loads after."""
         vocab_hint = self._preloaded.vocab_size if self._preloaded else _MAX_VOCAB_HINT
         max_bytes = self.max_message_bytes = max_message_bytes(self.limits, vocab_hint)
-        self.server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", max_bytes),
-                ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share
-            ]
-        )
+        base: list[GrpcArg] = [
+            ("grpc.max_receive_message_length", max_bytes),
+            ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share
+        ]
+        # Wire (issue 13): no BDP-probe pings, a large static window; --grpc-args overrides.
+        options = merge_args(base, LEAN_HTTP2, parse_grpc_args(self.cfg.grpc_args))
+        self.server = grpc.aio.server(options=options)
         pb_grpc.add_VerifierServicer_to_server(VerifierServicer(self.state), self.server)  # type: ignore[no-untyped-call]
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = (VERIFIER_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME)
@@ -139,7 +141,18 @@ class CloudServer:
             server_version=common.__version__,
             bitstream_version=BITSTREAM_VERSION,
             features=FEATURES,
+            model_options=self._model_options(),
         )
+
+    def _model_options(self) -> tuple[tuple[str, str], ...]:
+        """How the target runs (Info.model_options), for tools that load it the same way."""
+        opts = {
+            "device": resolve_device(self.cfg.device),
+            "dtype": self.cfg.dtype,
+            "fast_linear": str(self.cfg.fast_linear).lower(),
+            "torch_threads": str(self.cfg.torch_threads),
+        }
+        return tuple(sorted(opts.items()))
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain: NOT_SERVING, refuse new streams, let live ones finish within grace, cancel, close."""

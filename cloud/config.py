@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from common.config import field, load_config
 from common.errors import ConfigError
+from common.wire import parse_grpc_args
 
 ENV_PREFIX = "DRAFTLINK_CLOUD_"
 DEVICES = ("cpu", "cuda", "auto")
@@ -32,10 +33,12 @@ class CloudConfig:
     fast_linear: bool = field(False, "use the models package's fast linear kernels")
     torch_threads: int = field(0, "torch intra-op threads for the model worker (0 = torch's default)")
     grace_period: float = field(10.0, "seconds in-flight streams get to finish on SIGTERM")
+    grpc_args: str = field("", "extra gRPC server args name=value,... over the built-in ones (wire tuning)")
     log_level: str = field("INFO", "log level", choices=LOG_LEVELS)
 
     def validate(self) -> None:
         """Raise ConfigError for values the server cannot run with."""
+        parse_grpc_args(self.grpc_args)  # ConfigError on a malformed list
         positive = ("max_sessions", "max_draft_len", "max_prompt_tokens", "max_new_tokens")
         for name in positive:
             if getattr(self, name) < 1:

@@ -14,6 +14,7 @@ import uvicorn
 from common.config import describe
 from common.models import LoadedModel, check_compatible, load_model
 from common.rpc.convert import ServerInfo
+from common.wire import parse_grpc_args
 from edge.client import CloudClient, StartupError, make_channel
 from edge.config import EdgeConfig
 from edge.drafter import Drafter
@@ -52,7 +53,7 @@ def check_cloud(cfg: EdgeConfig, lm: LoadedModel, info: ServerInfo) -> None:
 
 async def start_service(cfg: EdgeConfig) -> EdgeService:
     """Load the drafter and reach the cloud concurrently, then check they fit together."""
-    channel = make_channel(cfg.cloud, cfg.tls_ca, cfg.tls_cert, cfg.tls_key)
+    channel = make_channel(cfg.cloud, cfg.tls_ca, cfg.tls_cert, cfg.tls_key, parse_grpc_args(cfg.grpc_args))
     client = CloudClient(channel, cfg.cloud, cfg.health_interval)
     try:
         lm, info = await asyncio.gather(
@@ -85,6 +86,7 @@ async def serve(cfg: EdgeConfig) -> None:
         metrics.cloud_up.set(1 if ok else 0)
 
     await service.client.check_health()
+    service.client.busy = lambda: service.running > 0  # no health checks while sessions are open
     health = asyncio.create_task(service.client.health_loop(on_health))
     app = build_app(service)
     server = uvicorn.Server(

@@ -14,13 +14,17 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from common.rpc import pb, pb_grpc
 from common.rpc.convert import ServerInfo, info_from_pb
+from common.wire import LEAN_HTTP2, GrpcArg, merge_args
 
 log = logging.getLogger("draftlink.edge.client")
 
 MAX_MESSAGE_BYTES = 64 << 20  # dense fp32 blocks of a 150k vocabulary are a few MB
 
 # Reconnect quickly after the cloud restarts (gRPC's default backoff grows to 120 s).
-CHANNEL_OPTIONS: list[tuple[str, Any]] = [
+# Wire (issue 13): LEAN_HTTP2 turns off BDP-probe pings and uses a large static window, so a
+# block costs one DATA frame and no flow-control chatter; keepalive stays at 30 s (17-byte PING,
+# only while calls are open). `--grpc-args` overrides any of these (common.wire.parse_grpc_args).
+CHANNEL_OPTIONS: list[GrpcArg] = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.initial_reconnect_backoff_ms", 250),
@@ -29,6 +33,7 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.keepalive_time_ms", 30000),
     ("grpc.keepalive_timeout_ms", 10000),
     ("grpc.enable_retries", 0),
+    *LEAN_HTTP2,
 ]
 
 
@@ -37,17 +42,22 @@ class StartupError(RuntimeError):
 
 
 def make_channel(
-    target: str, tls_ca: str | None = None, tls_cert: str | None = None, tls_key: str | None = None
+    target: str,
+    tls_ca: str | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+    extra_args: list[GrpcArg] | None = None,
 ) -> grpc.aio.Channel:
     """Insecure channel on loopback; TLS (optionally mutual) when a CA file is given."""
+    options = merge_args(CHANNEL_OPTIONS, extra_args or [])
     if tls_ca is None:
-        return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        return grpc.aio.insecure_channel(target, options=options)
     creds = grpc.ssl_channel_credentials(
         root_certificates=Path(tls_ca).read_bytes(),
         private_key=Path(tls_key).read_bytes() if tls_key else None,
         certificate_chain=Path(tls_cert).read_bytes() if tls_cert else None,
     )
-    return grpc.aio.secure_channel(target, creds, options=CHANNEL_OPTIONS)
+    return grpc.aio.secure_channel(target, creds, options=options)
 
 
 class CloudClient:
@@ -61,6 +71,10 @@ class CloudClient:
         self.health_interval = health_interval
         self._last_ok: float | None = None  # monotonic time of the last SERVING answer
         self._last_status = "unknown"
+        # True while generations are open (set by the app). An open session is itself the
+        # liveness signal (its failures mark the cloud unhealthy), so the poller sends no health
+        # checks then: they would share the uplink with the drafts (issue 13).
+        self.busy: Callable[[], bool] = lambda: False
 
     async def info(self, timeout_s: float = 5.0) -> ServerInfo:
         resp = await self.stub.Info(pb.InfoRequest(), timeout=timeout_s)
@@ -100,6 +114,9 @@ class CloudClient:
         """Poll health every `health_interval` seconds until cancelled (probes read the cache)."""
         was: bool | None = None
         while True:
+            if self.busy() and self._last_ok is not None:  # sessions open, none saw a failure
+                await asyncio.sleep(self.health_interval)
+                continue
             ok = await self.check_health(timeout_s=max(0.5, min(2.0, self.health_interval)))
             if ok != was:
                 log.log(
@@ -117,8 +134,10 @@ class CloudClient:
 
     @property
     def healthy(self) -> bool:
-        """True when a health check passed within the last three polling intervals."""
-        return self._last_ok is not None and time.monotonic() - self._last_ok < 3 * self.health_interval
+        """A check passed within the last three polling intervals, or since then sessions are open."""
+        if self._last_ok is None:
+            return False
+        return self.busy() or time.monotonic() - self._last_ok < 3 * self.health_interval
 
     def health_report(self) -> dict[str, Any]:
         age = None if self._last_ok is None else round(time.monotonic() - self._last_ok, 3)

@@ -53,6 +53,7 @@ class DraftState:
         self.stop_ids = frozenset(params.stop_token_ids)  # drafting past a stop token is wasted work
         self.cache = CachedLM(lm)
         self.held: list[int] = []  # the tokens the KV cache holds
+        self.codec_seconds = 0.0  # time in the codec (compress + draw + encode), all blocks so far
 
     def draft(
         self, context: Sequence[int], n: int, codec: Codec, abort: Callable[[], bool] | None = None
@@ -72,13 +73,17 @@ class DraftState:
                 self.held = list(context)
                 logits = self.cache.extend(context[keep:])[-1]  # [V] float32 for the next position
                 while True:
+                    t0 = time.perf_counter()
                     d = draft_one(logits.numpy(), codec, self.params, self.seed, len(context) + len(drafts))
+                    self.codec_seconds += time.perf_counter() - t0
                     drafts.append(d)
                     if len(drafts) == n or d.token in self.stop_ids or (abort is not None and abort()):
                         break
                     logits = self.cache.extend([d.token])[-1]  # [V]
                     self.held.append(d.token)
+        t0 = time.perf_counter()
         payload = codec.encode(drafts)
+        self.codec_seconds += time.perf_counter() - t0
         return drafts, payload, time.perf_counter() - start
 
     def ends_chain(self, drafts: Sequence[Draft]) -> bool:

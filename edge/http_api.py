@@ -18,6 +18,7 @@ from starlette.types import Receive, Scope, Send
 
 import common
 from edge.errors import APIError, from_exception, from_validation, unauthorized
+from edge.introspect import config_body
 from edge.metrics import CONTENT_TYPE
 from edge.schema import (
     ChatCompletionRequest,
@@ -222,6 +223,10 @@ def build_app(service: EdgeService) -> FastAPI:
     @app.get("/v1/models", dependencies=auth)
     async def models() -> JSONResponse:
         return JSONResponse(models_body([service.model_name], service.created))
+
+    @app.get("/v1/draftlink/config", dependencies=auth)
+    async def draftlink_config() -> JSONResponse:
+        return JSONResponse(config_body(service))
 
     @app.get("/health")
     async def health() -> JSONResponse:

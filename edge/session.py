@@ -146,7 +146,9 @@ class SpeculativeGeneration(Generation):
     async def start(self) -> None:
         self._call = self.client.stub.Session(timeout=self.req.timeout)
         r, s = self.req, self.req.sampling
-        await self._send(OpenRequest(r.prompt_ids, s, r.codec, self.fingerprint, r.request_id))
+        self.stats.open_bytes = await self._send(
+            OpenRequest(r.prompt_ids, s, r.codec, self.fingerprint, r.request_id)
+        )
         reply = await self._read()
         if not isinstance(reply, Opened):
             raise ProtocolViolationError(f"expected SessionOpened, got {type(reply).__name__}")
@@ -212,6 +214,7 @@ class SpeculativeGeneration(Generation):
         )
         self.metrics.draft_seconds.observe(seconds)
         state.stats.draft_seconds += seconds
+        state.stats.codec_seconds = self.draft.codec_seconds
         if state.chain != chain or not state.draftable:
             return False  # a verdict ended the chain while drafting: these drafts are void
         more = chained and not self.draft.ends_chain(drafts)
@@ -283,6 +286,7 @@ class SpeculativeGeneration(Generation):
         applied = self.state.apply(v)
         if block is not None:
             waited = time.perf_counter() - self._sent_at.pop(block.round, t0)
+            self.stats.wait_seconds += waited
             self.policy.observe_verdict(block, v, waited)
         if applied.chain_ended:  # void blocks never get a verdict
             self._sent_at.clear()
