@@ -51,8 +51,9 @@ def inprocess_references(
     n = min(len(prompts), profile.num_prompts)
     codecs = list(dict.fromkeys(c for m in profile.methods if (c := codec_of(m)) is not None))
     bounds: dict[str, dict[str, Any]] = {}
-    temps = sorted({0.0, *profile.temperatures}) if need_bounds else []
-    for temp in temps:  # T = 0 for the greedy exactness pass
+    greedy = {0.0} if "greedy" in profile.passes else set()
+    temps = sorted({*greedy, *profile.temperatures}) if need_bounds else []
+    for temp in temps:
         conts = []
         for i, prompt in enumerate(prompts[:n]):  # a target continuation to teacher-force along
             ids = tok.encode(prompt.text)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import json
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -181,3 +185,137 @@ def anatomy(counts: FrameCounts, blocks: int) -> dict[str, Any]:
             for k, f, b in per_block(counts, blocks)
         },
     }
+
+
+# ── A/B of channel settings: `python -m bench.wire` ─────────────────────────────────────────────
+
+GRPC_DEFAULTS = "grpc.http2.bdp_probe=1,grpc.http2.lookahead_bytes=65535"  # gRPC's own behaviour
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One link setting and the request shape the two arms are compared on."""
+
+    name: str
+    rate_bps: float
+    delay_ms: float
+    method: str
+    draft_len: int
+
+
+PHASES = (
+    Phase("sparse, 1 Mbit/s", 1e6, 10.0, "ksqs:k=16,ell=100", 4),
+    Phase("dense fp32 L=4, 100 Mbit/s", 1e8, 10.0, "dense:fp32", 4),
+    Phase("dense fp32 L=16, 100 Mbit/s", 1e8, 10.0, "dense:fp32", 16),
+    Phase("dense fp32 L=16, unshaped", 0.0, 0.0, "dense:fp32", 16),
+)
+
+
+def _arm_stack(args: argparse.Namespace, grpc_args: str, tap: TapRelay, link_port: int) -> Any:
+    from launcher.stack import Stack, StackConfig
+
+    cfg = StackConfig(
+        models=args.models,
+        link=True,
+        link_port=link_port,
+        uplink_bps=0.0,
+        delay_ms=0.0,
+        edge_args=("--threads", "1", "--cloud", f"127.0.0.1:{tap.port}", "--grpc-args", grpc_args),
+        cloud_args=("--grpc-args", grpc_args),
+        env={"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
+        ready_timeout=600.0,
+    )
+    return Stack(cfg)
+
+
+def run_ab(args: argparse.Namespace) -> dict[str, Any]:
+    """Both arms up at once, requests alternating between them per prompt (paired, interleaved)."""
+    import httpx
+
+    from bench.runner import complete, load_prompts
+    from bench.stats import paired_ratio
+    from launcher.procs import free_port
+
+    arms = {"lean": "", "grpc-defaults": GRPC_DEFAULTS}
+    prompts = load_prompts(("bench/prompts/code.jsonl", "bench/prompts/english.jsonl"), args.prompts)
+    out: dict[str, Any] = {"arms": arms, "phases": []}
+    ports = {a: free_port() for a in arms}
+    taps = {a: TapRelay(("127.0.0.1", ports[a])).start() for a in arms}
+    stacks = {a: _arm_stack(args, g, taps[a], ports[a]).start() for a, g in arms.items()}
+    try:
+        with httpx.Client() as http:
+            for ph in PHASES:
+                for st in stacks.values():
+                    st.restart_link(ph.rate_bps, ph.delay_ms)
+                out["phases"].append(
+                    _phase(http, ph, prompts, stacks, taps, args.max_tokens, complete, paired_ratio)
+                )
+                print(json.dumps(out["phases"][-1]["summary"]), flush=True)
+    finally:
+        for st in stacks.values():
+            st.stop()
+        for tap in taps.values():
+            tap.stop()
+    return out
+
+
+def _phase(
+    http: Any, ph: Phase, prompts: Any, stacks: Any, taps: Any, max_tokens: int, complete: Any, paired: Any
+) -> dict[str, Any]:
+    per: dict[str, dict[int, tuple[float, float]]] = {a: {} for a in stacks}
+    anat: dict[str, FrameCounts] = {a: FrameCounts() for a in stacks}
+    totals = {a: {"wire": 0, "payload": 0, "open": 0, "blocks": 0} for a in stacks}
+    for p in prompts:
+        for arm, st in stacks.items():
+            body = {
+                "prompt": p.text,
+                "max_tokens": max_tokens,
+                "temperature": 0.4,
+                "seed": p.index,
+                "ignore_eos": True,
+                "draftlink": {"codec": ph.method, "draft_len": ph.draft_len},
+            }
+            up0, _ = taps[arm].snapshot()
+            r = complete(http, st.edge_url, body, st.link_metrics_url, 600.0)
+            time.sleep(0.2)  # the last frames of the stream (trailers' acknowledgements) pass the tap
+            up1, _ = taps[arm].snapshot()
+            if r.error:
+                continue
+            d = up1.minus(up0)
+            for k, v in d.bytes.items():
+                anat[arm].bytes[k] = anat[arm].bytes.get(k, 0) + v
+                anat[arm].frames[k] = anat[arm].frames.get(k, 0) + d.frames[k]
+            per[arm][p.index] = (float(r.completion_tokens), r.seconds)
+            t = totals[arm]
+            t["wire"] += r.wire_up
+            t["payload"] += r.spec.get("payload_bytes") or 0
+            t["open"] += r.spec.get("open_bytes") or 0
+            t["blocks"] += r.spec.get("blocks_sent") or 0
+    ratio = paired(per["lean"], per["grpc-defaults"])
+    summary = {"phase": ph.name, "lean_over_defaults_tokens_per_s": ratio.as_list(), "n": len(per["lean"])}
+    for arm, t in totals.items():
+        summary[f"{arm}_overhead_per_block"] = (t["wire"] - t["payload"] - t["open"]) / max(t["blocks"], 1)
+        summary[f"{arm}_tokens_per_s"] = sum(v[0] for v in per[arm].values()) / max(
+            sum(v[1] for v in per[arm].values()), 1e-9
+        )
+    return {"summary": summary, "anatomy": {a: anatomy(anat[a], totals[a]["blocks"]) for a in stacks}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.wire", description="Frame anatomy and A/B of gRPC settings."
+    )
+    p.add_argument("--models", default="tiny", choices=("tiny", "qwen"))
+    p.add_argument("--prompts", type=int, default=10)
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--out", default="docs/bench/wire/results.json")
+    args = p.parse_args(argv)
+    result = run_ab(args)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -15,9 +15,13 @@ GrpcArg = tuple[str, int | str]
 # bandwidth-delay product of the fastest link, so it is sized for large dense blocks at 1 Gbit/s
 # over 100 ms (12.5 MB in flight); BDP probing exists to grow a small window to that size.
 WINDOW_BYTES = 16 << 20
+MAX_FRAME_BYTES = (1 << 24) - 1  # the HTTP/2 maximum
 LEAN_HTTP2: tuple[GrpcArg, ...] = (
     ("grpc.http2.bdp_probe", 0),  # no PING per burst of received data
     ("grpc.http2.lookahead_bytes", WINDOW_BYTES),  # initial stream window (SETTINGS)
+    # BDP probing also raises SETTINGS_MAX_FRAME_SIZE; without it a large dense block would be cut
+    # into 16 KiB frames (measured: 7 frames per 107 KB block and 0.83× the tokens/s unshaped)
+    ("grpc.http2.max_frame_size", MAX_FRAME_BYTES),  # one DATA frame per message
 )
 
 
