@@ -132,7 +132,8 @@ def run_pass(
         if prompt.index and time.monotonic() - start > budget:
             ctx.say(f"[{p.name}] budget spent after {prompt.index} prompt rounds")
             break
-        for cell in list(live):
+        k = prompt.index % max(1, len(live))
+        for cell in live[k:] + live[:k]:  # rotate the order per prompt: no arm always goes first
             r = complete(
                 client,
                 stack.edge_url,

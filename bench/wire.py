@@ -152,13 +152,23 @@ class TapRelay:
             return self.uplink.snapshot(), self.downlink.snapshot()
 
     def stop(self) -> None:
-        def close() -> None:
+        """Close the listener and every relayed connection, stop the thread, close the loop."""
+
+        async def shutdown() -> None:
             if self._server is not None:
                 self._server.close()
-            self._loop.stop()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
-        self._loop.call_soon_threadsafe(close)
-        self._thread.join(5)
+        if self._loop.is_running():
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(10)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        if not self._loop.is_running():
+            self._loop.close()
 
     def __enter__(self) -> TapRelay:
         return self.start()
@@ -266,7 +276,8 @@ def _phase(
     anat: dict[str, FrameCounts] = {a: FrameCounts() for a in stacks}
     totals = {a: {"wire": 0, "payload": 0, "open": 0, "blocks": 0} for a in stacks}
     for p in prompts:
-        for arm, st in stacks.items():
+        order = list(stacks.items())
+        for arm, st in order if p.index % 2 == 0 else order[::-1]:  # alternate which arm goes first
             body = {
                 "prompt": p.text,
                 "max_tokens": max_tokens,
