@@ -32,9 +32,9 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
 "$VENV/bin/guidellm" run \
   --backend "kind=openai_http,target=$URL,request_format=/v1/completions" \
   --profile kind=concurrent --override profile.streams "$STREAMS" \
-  --constraint "kind=max_requests,value=$REQUESTS" \
+  --constraint "kind=max_requests,count=$REQUESTS" \
   --data "kind=synthetic_text,prompt_tokens=$PROMPT_TOKENS,output_tokens=$OUTPUT_TOKENS" \
   --tokenizer "kind=huggingface_auto,model=$TOK" \
-  --output "kind=json,filename=$OUT/guidellm.json" \
+  --output "kind=json,path=$OUT/guidellm.json" \
   --output kind=console \
   --disable-console-interactive

@@ -151,7 +151,7 @@ def concurrency_lines(rows: Sequence[Row], at: int, goal: float) -> list[str]:
             f"- {c} clients: {_fmt(r.get('aggregate_tokens_per_s'))} tok/s aggregate = "
             f"{_fmt(r.get('speedup'))}× "
             f"the first level{mark}; p95 latency {_fmt(r.get('latency_p95_s'))} s = {_fmt(p95)}× "
-            f"({'≤ 3× met' if p95 is not None and p95 <= 3 else '≤ 3× missed'} ); fairness max/min "
+            f"({'≤ 3× met' if p95 is not None and p95 <= 3 else '≤ 3× missed'}); fairness max/min "
             f"{_fmt(r.get('fairness_max_over_min'))}; mean batch {_fmt(r.get('mean_batch_size'))}"
         )
     return out

@@ -84,7 +84,11 @@ def _resampling(out_dir: Path, rows: Sequence[Row], paths: list[Path]) -> None:
     import matplotlib.pyplot as plt
 
     spec_rows = [
-        r for r in rows if r.get("payload_bits_per_draft_token") and r.get("resampling_rate") is not None
+        r
+        for r in rows
+        if r.get("payload_bits_per_draft_token")
+        and r.get("resampling_rate") is not None
+        and r.get("pass") != "concurrency"
     ]
     if not spec_rows:
         return

@@ -91,6 +91,8 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
         "bits/draft (payload / wire / formula) | overhead B/block | bound (mism + sparse + lattice) |"
     )
     lines = [head, "|" + "---|" * 14]
+    if all(r.get("pass") == "concurrency" for r in rows):
+        return ""
     for r in rows:
         if r.get("pass") == "concurrency":
             continue

@@ -224,7 +224,9 @@ def sweep(
             stack.restart_link(p.rate_bps, p.delay_ms, profile.downlink_bps, link_args)
             for (temp, method), (results, skip) in run_pass(stack, client, profile, p, prompts, ctx).items():
                 row = _row(p, method, temp, results, skip, profile.draft_len)
-                texts[(p.name, p.rate_bps, p.delay_ms, p.schedule, temp, method)] = [r.text for r in results]
+                texts[(p.name, p.rate_bps, p.delay_ms, p.schedule, temp, method)] = [
+                    r.text for r in results if r.error is None
+                ]
                 rows.append(row)
                 tps = row["tokens_per_s"]
                 say(
@@ -235,7 +237,11 @@ def sweep(
             stack.restart_link(profile.concurrency_rate_bps, profile.delays_ms[0], profile.downlink_bps, ())
             rows += run_concurrency(stack, profile, prompts, say)
     _greedy_check(rows, texts)
-    refs = inprocess_references(profile, prompts, served, say, need_bounds=bool(plan(profile)))
+    refs = (
+        inprocess_references(profile, prompts, served, say, need_bounds=True)
+        if plan(profile)
+        else {"bounds": {}, "inprocess": {}, "vocab_size": ctx.vocab_size}
+    )
     _attach_bounds(rows, refs, profile.draft_len)
     meta = {
         "profile": asdict(profile),
