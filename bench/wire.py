@@ -246,7 +246,8 @@ def run_ab(args: argparse.Namespace) -> dict[str, Any]:
     from bench.stats import paired_ratio
     from launcher.procs import free_port
 
-    arms = {"lean": "", "grpc-defaults": GRPC_DEFAULTS}
+    arms = {"lean": args.lean_args, "grpc-defaults": GRPC_DEFAULTS}
+    phases = [ph for i, ph in enumerate(PHASES) if not args.phases or str(i) in args.phases.split(",")]
     prompts = load_prompts(("bench/prompts/code.jsonl", "bench/prompts/english.jsonl"), args.prompts)
     out: dict[str, Any] = {"arms": arms, "phases": []}
     ports = {a: free_port() for a in arms}
@@ -254,7 +255,7 @@ def run_ab(args: argparse.Namespace) -> dict[str, Any]:
     stacks = {a: _arm_stack(args, g, taps[a], ports[a]).start() for a, g in arms.items()}
     try:
         with httpx.Client() as http:
-            for ph in PHASES:
+            for ph in phases:
                 for st in stacks.values():
                     st.restart_link(ph.rate_bps, ph.delay_ms)
                 out["phases"].append(
@@ -320,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompts", type=int, default=10)
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--out", default="docs/bench/wire/results.json")
+    p.add_argument("--lean-args", default="", help="gRPC args over the built-in lean ones for the first arm")
+    p.add_argument("--phases", default="", help="comma-separated phase indexes to run (default: all)")
     args = p.parse_args(argv)
     result = run_ab(args)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -54,6 +54,10 @@ def test_outputs_written(results: tuple[Path, dict[str, Any]]) -> None:
         assert len(list(csv.DictReader(fh))) == 6
     assert (out / "tokens_per_s_T1.0.png").stat().st_size > 0
     assert (out / "resampling_vs_bits.png").stat().st_size > 0
+    # the in-process references load the models as the services report they did
+    served = data["meta"]["served"]
+    assert served["drafter"]["model"] == "builtin:tiny-draft"
+    assert served["cloud"]["model_options"]["fast_linear"] == "false"
     text = (out / "BENCH.md").read_text()
     assert "draftlink-bench --profile tiny" in text
     assert KSQS in text
