@@ -10,7 +10,9 @@ PYTEST_ARGS ?=
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: venv proto test test-fast check fmt run fetch-models bench bench-codec bench-models clean help
+.PHONY: venv proto test test-fast check fmt run fetch-models bench bench-codec bench-models clean help \
+	bench-tiny bench-tiny-concurrency bench-wire bench-qwen-regime bench-qwen-sparse bench-qwen-streamed \
+	bench-qwen-concurrency bench-guidellm
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -52,6 +54,34 @@ run: venv proto ## serve cloud + link + edge on loopback (MODELS=tiny for the ti
 bench: venv proto ## headline benchmark: the qwen profile through the real processes
 	$(MAKE) --no-print-directory fetch-models
 	$(BIN)/draftlink-bench --profile qwen
+
+bench-tiny: venv proto ## tiny pair, powered grid + markov (20 prompts x 64 tokens, CIs)
+	$(BIN)/draftlink-bench --profile tiny-power
+
+bench-tiny-concurrency: venv proto ## tiny pair, 1/4/16/32 concurrent clients
+	$(BIN)/draftlink-bench --profile tiny-concurrency
+
+bench-wire: venv proto ## HTTP/2 frame anatomy, lean vs gRPC-default channel settings (tiny pair)
+	$(BIN)/python -m bench.wire
+
+bench-qwen-regime: venv proto ## Qwen: K-SQS vs C-SQS at T 0.4/1.0/1.3 (quiet machine)
+	$(MAKE) --no-print-directory fetch-models
+	$(BIN)/draftlink-bench --profile qwen-regime
+
+bench-qwen-sparse: venv proto ## Qwen: sparse codecs vs best dense QS at 100 kbit/s and 1 Mbit/s
+	$(MAKE) --no-print-directory fetch-models
+	$(BIN)/draftlink-bench --profile qwen-sparse
+
+bench-qwen-streamed: venv proto ## Qwen: serial vs streamed vs adaptive, fixed rate and Markov channels
+	$(MAKE) --no-print-directory fetch-models
+	$(BIN)/draftlink-bench --profile qwen-streamed
+
+bench-qwen-concurrency: venv proto ## Qwen: 1/2/4/8 concurrent clients over 2 edges
+	$(MAKE) --no-print-directory fetch-models
+	$(BIN)/draftlink-bench --profile qwen-concurrency
+
+bench-guidellm: ## guidellm (throwaway venv) against a running edge: make bench-guidellm URL=... TOK=...
+	bench/guidellm.sh $(or $(URL),http://127.0.0.1:8000) $(or $(TOK),$(HOME)/.cache/draftlink/models/qwen2.5-coder-1.5b)
 
 bench-codec: venv proto ## codec speed and bits per token
 	$(BIN)/python bench/codec_bench.py

@@ -10,8 +10,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.grid import PROFILES, Profile, customise
-from bench.report import append_markdown, plot, write_csv, write_json
+from bench.grid import PASSES, PROFILES, Profile, customise
+from bench.plots import plot
+from bench.report import append_markdown, write_csv, write_json
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -20,16 +21,29 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description="Run the draftlink benchmark grid through cloud, link and edge processes.",
     )
     p.add_argument("--profile", choices=sorted(PROFILES), default="tiny", help="model pair and default grid")
-    p.add_argument("--methods", help="';'-separated methods (codec specs or cloud-only)")
+    p.add_argument(
+        "--methods",
+        help="';'-separated arms: codec specs, cloud-only, pipelined:<codec>, adaptive, adaptive-pipelined",
+    )
+    p.add_argument("--passes", help=f"comma-separated passes to run, of: {', '.join(PASSES)}")
     p.add_argument("--rates", help="comma-separated uplink rates in bit/s (0 = unshaped)")
     p.add_argument("--delays", help="comma-separated one-way delays in ms")
     p.add_argument(
-        "--temperatures", help="comma-separated temperatures of the grid (a T=0 exactness pass always runs)"
+        "--temperatures", help="comma-separated temperatures of the grid (the greedy pass runs T=0)"
     )
-    p.add_argument("--prompts", type=int, help="number of prompts per cell")
+    p.add_argument("--markov", help="';'-separated link --schedule specs for the markov pass")
+    p.add_argument(
+        "--concurrency", help="comma-separated client counts for the concurrency pass, e.g. 1,4,16,32"
+    )
+    p.add_argument(
+        "--edges", type=int, help="edge processes (the concurrency pass spreads clients over them)"
+    )
+    p.add_argument("--prompts", type=int, help="number of prompts per cell (each has its own seed)")
     p.add_argument("--max-tokens", type=int, help="tokens generated per prompt")
-    p.add_argument("--draft-len", type=int, help="drafts per round (L)")
-    p.add_argument("--cell-budget", type=float, help="seconds after which a cell stops sending prompts")
+    p.add_argument("--draft-len", type=int, help="drafts per round (L) of the static arms")
+    p.add_argument(
+        "--cell-budget", type=float, help="seconds per cell after which a pass stops starting prompts"
+    )
     p.add_argument(
         "--out", help="output folder for results.json, results.csv and plots (default: docs/bench/<profile>)"
     )
@@ -45,14 +59,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def run(profile: Profile, quiet: bool) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The sweep with a progress bar."""
+    """The sweep with a progress bar (one tick per request)."""
     from tqdm import tqdm
 
-    from bench.sweep import count_cells, sweep
+    from bench.sweep import count_requests, sweep
 
-    bar = tqdm(
-        total=count_cells(profile), desc=f"bench {profile.name}", unit="cell", disable=quiet, file=sys.stderr
-    )
+    total = count_requests(profile) + sum(c * profile.requests_per_client for c in profile.concurrency)
+    bar = tqdm(total=total, desc=f"bench {profile.name}", unit="req", disable=quiet, file=sys.stderr)
     try:
         return sweep(profile, bar.write, lambda: bar.update(1))
     finally:
@@ -61,15 +74,17 @@ def run(profile: Profile, quiet: bool) -> tuple[dict[str, Any], list[dict[str, A
 
 def rerender(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Stored measurements; derived formula columns recomputed with the current code."""
+    from bench.methods import codec_of
     from bench.sweep import formula_bits
 
     data = json.loads(path.read_text())
     meta, rows = data["meta"], data["cells"]
     vocab = meta.get("vocab_size")
     for row in rows:
-        if vocab and row["method"] != "cloud-only":
-            ks = meta.get("ksizes", {}).get(f"{row['method']}|{row['temperature']}")
-            row["formula_bits_per_draft_token"] = formula_bits(row["method"], vocab, row["draft_len"], ks)
+        codec = codec_of(row["method"])
+        if vocab and codec is not None:
+            ks = meta.get("ksizes", {}).get(f"{codec}|{row['temperature']}")
+            row["formula_bits_per_draft_token"] = formula_bits(codec, vocab, row["draft_len"], ks)
     return meta, rows
 
 
@@ -77,14 +92,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     profile = customise(
         PROFILES[args.profile],
-        args.methods,
-        args.rates,
-        args.delays,
-        args.temperatures,
-        args.prompts,
-        args.max_tokens,
-        args.draft_len,
-        args.cell_budget,
+        methods=args.methods,
+        passes=args.passes,
+        rates_bps=args.rates,
+        delays_ms=args.delays,
+        temperatures=args.temperatures,
+        markov=args.markov,
+        concurrency=args.concurrency,
+        edges=args.edges,
+        num_prompts=args.prompts,
+        max_tokens=args.max_tokens,
+        draft_len=args.draft_len,
+        cell_budget_s=args.cell_budget,
     )
     out = Path(args.out or f"docs/bench/{profile.name}")
     out.mkdir(parents=True, exist_ok=True)

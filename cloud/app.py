@@ -30,6 +30,7 @@ from common.rpc import convert as cv
 from common.rpc import pb, pb_grpc
 from common.runtime import EarlySignals, serve_until_signalled
 from common.tls import load_server_tls
+from common.wire import LEAN_HTTP2, GrpcArg, merge_args, parse_grpc_args
 
 log = logging.getLogger("draftlink.cloud")
 
@@ -84,7 +85,9 @@ class CloudServer:
         if cfg.auth_token is not None:
             refused = self.metrics.rpc_errors
             interceptors.append(TokenAuthInterceptor(cfg.auth_token, lambda code: refused.labels(code).inc()))
-        self.server = grpc.aio.server(interceptors=interceptors, options=_server_options(max_bytes))
+        self.server = grpc.aio.server(
+            interceptors=interceptors, options=_server_options(max_bytes, cfg.grpc_args)
+        )
         pb_grpc.add_VerifierServicer_to_server(VerifierServicer(self.state), self.server)  # type: ignore[no-untyped-call]
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = (VERIFIER_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME)
@@ -183,7 +186,18 @@ class CloudServer:
             server_version=common.__version__,
             bitstream_version=BITSTREAM_VERSION,
             features=FEATURES,
+            model_options=self._model_options(),
         )
+
+    def _model_options(self) -> tuple[tuple[str, str], ...]:
+        """How the target runs (Info.model_options), for tools that load it the same way."""
+        opts = {
+            "device": resolve_device(self.cfg.device),
+            "dtype": self.cfg.dtype,
+            "fast_linear": str(self.cfg.fast_linear).lower(),
+            "torch_threads": str(self.cfg.torch_threads),
+        }
+        return tuple(sorted(opts.items()))
 
     # ── lifecycle (common.runtime.Service) ───────────────────────────────────────────────────
     async def ready(self) -> None:
@@ -238,11 +252,13 @@ class CloudServer:
         await stopping
 
 
-def _server_options(max_bytes: int) -> list[tuple[str, int]]:
-    return [
+def _server_options(max_bytes: int, grpc_args: str) -> list[GrpcArg]:
+    base: list[GrpcArg] = [
         ("grpc.max_receive_message_length", max_bytes),
         ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share
     ]
+    # Wire (docs/BENCHMARKS.md): no BDP-probe pings, a large static window; --grpc-args overrides.
+    return merge_args(base, LEAN_HTTP2, parse_grpc_args(grpc_args))
 
 
 async def serve(cfg: CloudConfig, early: EarlySignals | None = None) -> int:

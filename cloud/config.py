@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from common.config import field, load_config
 from common.errors import ConfigError
+from common.wire import parse_grpc_args
 
 ENV_PREFIX = "DRAFTLINK_CLOUD_"
 DEVICES = ("cpu", "cuda", "auto")
@@ -47,10 +48,12 @@ class CloudConfig:
     health_port: int = field(
         0, "plaintext port serving only grpc.health.v1, for probes that cannot do TLS (0 = none)"
     )
+    grpc_args: str = field("", "extra gRPC server args name=value,... over the built-in ones (wire tuning)")
     log_level: str = field("INFO", "log level", choices=LOG_LEVELS)
 
     def validate(self) -> None:
         """Raise ConfigError for values the server cannot run with."""
+        parse_grpc_args(self.grpc_args)  # ConfigError on a malformed list
         positive = (
             "max_sessions",
             "max_draft_len",

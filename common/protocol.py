@@ -37,6 +37,7 @@ class ServerInfo:
     server_version: str
     bitstream_version: int
     features: tuple[str, ...] = ()
+    model_options: tuple[tuple[str, str], ...] = ()  # (name, value) pairs, sorted by name
 
 
 @dataclass(frozen=True)

@@ -116,7 +116,11 @@ class SpecStats:
     resumes: int = 0  # sessions reopened after a cloud or link failure
     verify_seconds: float = 0.0
     queue_seconds: float = 0.0
-    draft_seconds: float = 0.0
+    draft_seconds: float = 0.0  # drafting incl. the codec (compress, draw, encode)
+    codec_seconds: float = 0.0  # the codec's share of draft_seconds
+    wait_seconds: float = 0.0  # block written → its verdict read, summed (overlaps when streamed)
+    open_bytes: int = 0  # the OpenSession message (prompt, sampling, codec), counted in uplink_bytes
+    batch_size_total: int = 0  # Σ Verdict.batch_size (sessions sharing each verifying forward)
     codecs: dict[str, int] = field(default_factory=dict)  # blocks sent per codec spec
     draft_lens: dict[int, int] = field(default_factory=dict)  # blocks sent by number of drafts
     support_sizes: dict[int, int] = field(default_factory=dict)  # lattice drafts sent by K (|S|)
@@ -140,6 +144,7 @@ class SpecStats:
         self.rounds += 1
         self.verify_seconds += v.verify_seconds
         self.queue_seconds += v.queue_seconds
+        self.batch_size_total += v.batch_size
         self.void_blocks += void_blocks
         self.void_draft_tokens += void_drafts
         if num_drafts == 0:
@@ -170,9 +175,11 @@ class SpecStats:
             "num_accepted_tokens_per_pos": list(self.accepted_per_pos),
             "rounds": rounds,
             "resampling_rate": _ratio(self.num_resampled, self.verified_positions),
+            "num_resampled": self.num_resampled,
             "uplink_bytes": self.uplink_bytes,
             "downlink_bytes": self.downlink_bytes,
             "payload_bytes": self.payload_bytes,
+            "open_bytes": self.open_bytes,
             "bits_per_draft_token": _ratio(8 * self.payload_bytes, self.sent_draft_tokens),
             "blocks_sent": self.blocks_sent,
             "blocks_streamed": self.blocks_streamed,
@@ -190,6 +197,9 @@ class SpecStats:
             "verify_seconds": round(self.verify_seconds, 6),
             "queue_seconds": round(self.queue_seconds, 6),
             "draft_seconds": round(self.draft_seconds, 6),
+            "codec_seconds": round(self.codec_seconds, 6),
+            "wait_seconds": round(self.wait_seconds, 6),
+            "mean_batch_size": _ratio(self.batch_size_total, rounds),
         }
 
 

@@ -18,6 +18,7 @@ from common.models.engine import BatchLimits
 from common.rpc.convert import ServerInfo
 from common.runtime import EarlySignals, serve_until_signalled
 from common.tls import load_client_tls
+from common.wire import parse_grpc_args
 from edge.client import CloudClient, CloudSettings, StartupError
 from edge.config import AUTO, EdgeConfig
 from edge.drafter import Drafter
@@ -64,7 +65,13 @@ def cloud_settings(cfg: EdgeConfig) -> CloudSettings:
     if cfg.cloud_token and tls is None:
         log.warning("cloud_token is sent over plaintext gRPC: anyone on the path can read it (set tls_ca)")
     return CloudSettings(
-        cfg.cloud, tls, cfg.tls_server_name, cfg.cloud_token, cfg.health_interval, cfg.resume_timeout
+        cfg.cloud,
+        tls,
+        cfg.tls_server_name,
+        cfg.cloud_token,
+        cfg.health_interval,
+        cfg.resume_timeout,
+        tuple(parse_grpc_args(cfg.grpc_args)),
     )
 
 

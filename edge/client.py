@@ -26,6 +26,7 @@ from common.rpc import pb, pb_grpc
 from common.rpc.convert import ServerInfo, info_from_pb
 from common.rpc.status import error_from_rpc
 from common.tls import ClientTLS, probe
+from common.wire import LEAN_HTTP2, GrpcArg, merge_args
 from edge.config import parse_targets
 
 log = logging.getLogger("draftlink.edge.client")
@@ -35,7 +36,10 @@ DNS_REFRESH_S = 30.0
 
 # Reconnect quickly after a cloud restarts (gRPC's default backoff grows to 120 s): a session
 # waiting to resume, and new requests, find the cloud within about a second of it coming back.
-CHANNEL_OPTIONS: list[tuple[str, Any]] = [
+# Wire: LEAN_HTTP2 turns off BDP-probe pings and uses a large static window, so a block costs one
+# DATA frame and no flow-control chatter; keepalive stays at 30 s (a 17-byte PING, only while calls
+# are open). `--grpc-args` overrides any of these (common.wire.parse_grpc_args).
+CHANNEL_OPTIONS: list[GrpcArg] = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.initial_reconnect_backoff_ms", 100),
@@ -44,6 +48,7 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.keepalive_time_ms", 30000),
     ("grpc.keepalive_timeout_ms", 10000),
     ("grpc.enable_retries", 0),
+    *LEAN_HTTP2,
 ]
 
 
@@ -61,6 +66,7 @@ class CloudSettings:
     token: str | None = None
     health_interval: float = 2.0
     resume_timeout: float = 30.0
+    grpc_args: tuple[GrpcArg, ...] = ()  # --grpc-args: over CHANNEL_OPTIONS
 
 
 def _hostport(host: str, port: int) -> str:
@@ -68,15 +74,18 @@ def _hostport(host: str, port: int) -> str:
 
 
 def make_channel(
-    address: str, tls: ClientTLS | None = None, server_name: str | None = None
+    address: str,
+    tls: ClientTLS | None = None,
+    server_name: str | None = None,
+    extra_args: tuple[GrpcArg, ...] = (),
 ) -> grpc.aio.Channel:
     """Plaintext channel, or TLS (mutual when a client certificate is given) checking `server_name`."""
+    options = merge_args(CHANNEL_OPTIONS, extra_args)
     if tls is None:
-        return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        return grpc.aio.insecure_channel(address, options=options)
     creds = grpc.ssl_channel_credentials(
         root_certificates=tls.ca, private_key=tls.key, certificate_chain=tls.cert_chain
     )
-    options = list(CHANNEL_OPTIONS)
     if server_name:
         options.append(("grpc.ssl_target_name_override", server_name))
     return grpc.aio.secure_channel(address, creds, options=options)
@@ -103,7 +112,19 @@ class CloudTarget:
         """Verified, and a health check passed within the last three intervals (no failure since)."""
         if self.compatible is not True or self._last_ok is None:
             return False
-        return time.monotonic() - self._last_ok < 3 * self.health_interval
+        return self.busy or time.monotonic() - self._last_ok < 3 * self.health_interval
+
+    @property
+    def busy(self) -> bool:
+        """Sessions of this edge are open here: they are the liveness signal (a failure of any of
+        them marks the target unhealthy), so the poller sends no health checks over the link."""
+        return self.active > 0
+
+    def release(self) -> None:
+        """A generation left this target; while no call failed here, its sessions vouched for it."""
+        self.active -= 1
+        if self._last_ok is not None:
+            self._last_ok = time.monotonic()
 
     async def check_health(self, timeout_s: float = 2.0) -> bool:
         """One grpc.health.v1 Check of the whole server; updates the cached state."""
@@ -158,7 +179,7 @@ class CloudClient:
         name = self.settings.tls_server_name or tls_name
         if tls_name is not None:
             self._tls_names[address] = tls_name
-        channel = make_channel(address, self.settings.tls, name)
+        channel = make_channel(address, self.settings.tls, name, self.settings.grpc_args)
         target = CloudTarget(address, channel, source, self.health_interval)
         self.targets.append(target)
         return target
@@ -240,6 +261,8 @@ class CloudClient:
         return self.healthy
 
     async def _check(self, target: CloudTarget, timeout_s: float) -> None:
+        if target.busy and target.healthy:  # no health checks sharing the uplink with drafts
+            return
         if not await target.check_health(timeout_s) or target.compatible is not None:
             return
         try:  # (re)appeared: its model must still fit the drafter before sessions go there

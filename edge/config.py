@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from common.config import field, load_config
 from common.errors import CodecError, ConfigError
+from common.wire import parse_grpc_args
 
 ENV_PREFIX = "DRAFTLINK_EDGE_"
 MAX_DRAFT_LEN = 64
@@ -55,7 +56,8 @@ class EdgeConfig:
     fast_linear: bool = field(False, "drafter: use the fast linear kernels of common.models")
     int8: bool = field(False, "drafter: int8 weight quantization")
     threads: int = field(0, "torch intra-op threads for the drafter (0 = torch default)")
-    health_interval: float = field(2.0, "seconds between background cloud health checks")
+    health_interval: float = field(2.0, "seconds between cloud health checks while no generation runs")
+    grpc_args: str = field("", "extra gRPC channel args name=value,... over the built-in ones (wire tuning)")
     startup_timeout: float = field(120.0, "seconds to wait for the cloud's Info at start-up")
     tls_ca: str | None = field(None, "PEM file of the CA that signed the cloud's cert (enables TLS)")
     tls_cert: str | None = field(None, "PEM client certificate for mutual TLS")
@@ -70,6 +72,7 @@ class EdgeConfig:
 
     def validate(self) -> None:
         """Raise ConfigError for values the daemon cannot run with."""
+        parse_grpc_args(self.grpc_args)  # ConfigError on a malformed list
         parse_targets(self.cloud)
         _check(0 <= self.port < 65536, f"port out of range: {self.port}")
         _check(

@@ -58,6 +58,7 @@ class DraftState:
         self.seed: int = params.seed
         self.stop_ids = frozenset(params.stop_token_ids)  # drafting past a stop token is wasted work
         self.held: list[int] = []  # the tokens the KV cache holds (a prefix of the last context)
+        self.codec_seconds = 0.0  # time in the codec (compress + draw + encode), all blocks so far
 
     def ends_chain(self, drafts: Sequence[Draft]) -> bool:
         """A block ending in a stop-token draft cannot be continued (if accepted, the text ends)."""
@@ -108,10 +109,15 @@ class DraftJob(Job):
 
     def on_logits(self, logits: torch.Tensor) -> None:
         pos = len(self.context) + len(self.drafts)  # absolute position of this draft
+        t0 = time.perf_counter()
         d = draft_one(logits[-1].numpy(), self.codec, self.state.params, self.state.seed, pos)
+        self.state.codec_seconds += time.perf_counter() - t0
         self.drafts.append(d)
         stop = d.token in self.state.stop_ids or (self.abort is not None and self.abort())
         self.done = len(self.drafts) >= self.n or stop
 
     def result(self) -> DraftResult:
-        return self.drafts, self.codec.encode(self.drafts), time.perf_counter() - self.started
+        t0 = time.perf_counter()
+        payload = self.codec.encode(self.drafts)
+        self.state.codec_seconds += time.perf_counter() - t0
+        return self.drafts, payload, time.perf_counter() - self.started

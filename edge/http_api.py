@@ -19,6 +19,7 @@ import common
 from edge.body import parse_json, read_body, validate
 from edge.errors import APIError, from_exception, from_validation
 from edge.gate import Gate
+from edge.introspect import config_body
 from edge.metrics import CONTENT_TYPE
 from edge.schema import (
     ChatCompletionRequest,
@@ -228,6 +229,10 @@ def build_app(service: EdgeService) -> FastAPI:
     @app.get("/v1/models")
     async def models() -> JSONResponse:
         return JSONResponse(models_body([service.model_name], service.created))
+
+    @app.get("/v1/draftlink/config")  # under /v1: the Gate checks the key
+    async def draftlink_config() -> JSONResponse:
+        return JSONResponse(config_body(service))
 
     @app.get("/health")
     async def health() -> JSONResponse:

@@ -198,7 +198,7 @@ class Generation:
     def _use(self, target: CloudTarget | None) -> None:
         """Account which target this generation occupies (CloudClient.choose spreads by it)."""
         if self.target is not None:
-            self.target.active -= 1
+            self.target.release()
         self.target = target
         if target is not None:
             target.active += 1
@@ -271,7 +271,8 @@ class SpeculativeGeneration(Generation):
         r, s = self.req, self.req.sampling
         self._wire_codec = r.codec  # the new session starts with the request's codec
         resume = tuple(self.state.output)
-        await self._send(OpenRequest(r.prompt_ids, s, r.codec, self.fingerprint, r.request_id, resume))
+        opened = OpenRequest(r.prompt_ids, s, r.codec, self.fingerprint, r.request_id, resume)
+        self.stats.open_bytes += await self._send(opened)  # every (re)open: not block overhead
         reply = await self._read()
         if not isinstance(reply, Opened):
             raise ProtocolViolationError(f"expected SessionOpened, got {type(reply).__name__}")
@@ -357,6 +358,7 @@ class SpeculativeGeneration(Generation):
         drafts, payload, seconds = await self.drafter.draft(self.draft, state.context(), n, plan.codec, abort)
         self.metrics.draft_seconds.observe(seconds)
         state.stats.draft_seconds += seconds
+        state.stats.codec_seconds = self.draft.codec_seconds
         if state.chain != chain or not state.draftable:
             return False  # a verdict ended the chain while drafting: these drafts are void
         more = chained and not self.draft.ends_chain(drafts)
@@ -428,6 +430,7 @@ class SpeculativeGeneration(Generation):
         applied = self.state.apply(v)
         if block is not None:
             waited = time.perf_counter() - self._sent_at.pop(block.round, t0)
+            self.stats.wait_seconds += waited
             self.policy.observe_verdict(block, v, waited)
         if applied.chain_ended:  # void blocks never get a verdict
             self._sent_at.clear()

@@ -8,6 +8,7 @@ Python API: `with Stack(StackConfig(models="tiny")) as stack: stack.base_url ...
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import shlex
 import signal
@@ -29,7 +30,8 @@ MODEL_PAIRS: dict[str, tuple[str, str]] = {
     "tiny": ("builtin:tiny-target", "builtin:tiny-draft"),
     "qwen": ("builtin:qwen2.5-coder-1.5b", "builtin:qwen2.5-coder-0.5b"),
 }
-CURL_PROMPT = "def fibonacci(n):\\n    "
+# What a newcomer would type: a bare signature (no trailing indentation for the model to continue)
+CURL_PROMPT = "def fibonacci(n):"
 
 
 def link_available() -> bool:
@@ -79,6 +81,7 @@ class StackConfig:
     extra_clouds: int = 0  # more cloud processes; the edge gets them as further --cloud targets
     tls: StackTLS | None = None  # TLS (mutual with client_ca) on the gRPC hop; health on its own port
     auth_token: str | None = None  # the cloud's --auth-token, and the edge's --cloud-token
+    edges: int = 1  # edge processes against the one cloud (the first on edge_port)
 
 
 def grpc_serving(address: str) -> bool:
@@ -133,6 +136,11 @@ class Stack:
         self.extra_clouds = [self._extra_cloud(i) for i in range(cfg.extra_clouds)]
         self.link = self._link_process() if self.use_link else None
         self.edge = self._edge_process()
+        # more edges against the same cloud (benchmarks: one edge's drafter thread is one bottleneck)
+        self.extra_edge_ports = [free_port(h) for _ in range(max(0, cfg.edges - 1))]
+        self.extra_edges = [
+            self._edge_process(f"edge{i + 2}", port) for i, port in enumerate(self.extra_edge_ports)
+        ]
 
     # ---- addresses ------------------------------------------------------------------------
     @property
@@ -154,6 +162,11 @@ class Stack:
         return f"http://{self.cfg.host}:{self.edge_port}"
 
     @property
+    def edge_urls(self) -> list[str]:
+        """Every edge's base URL, the first one (edge_url) first."""
+        return [self.edge_url, *(f"http://{self.cfg.host}:{p}" for p in self.extra_edge_ports)]
+
+    @property
     def base_url(self) -> str:
         """OpenAI base URL (`openai.OpenAI(base_url=stack.base_url)`)."""
         return f"{self.edge_url}/v1"
@@ -168,8 +181,12 @@ class Stack:
 
     @property
     def processes(self) -> list[ManagedProcess]:
-        """In start order: cloud(s), link, edge."""
-        return [p for p in (self.cloud, *self.extra_clouds, self.link, self.edge) if p is not None]
+        """In start order: cloud(s), link, edge (then any extra edges)."""
+        return [
+            p
+            for p in (self.cloud, *self.extra_clouds, self.link, self.edge, *self.extra_edges)
+            if p is not None
+        ]
 
     # ---- process definitions ----------------------------------------------------------------
     def _cloud_process(self, name: str = "cloud", ports: _CloudPorts | None = None) -> ManagedProcess:
@@ -209,12 +226,12 @@ class Stack:
         )
         return ManagedProcess(name, argv, c.env, self.log_dir)
 
-    def _edge_process(self) -> ManagedProcess:
+    def _edge_process(self, name: str = "edge", port: int | None = None) -> ManagedProcess:
         c = self.cfg
         argv = python_module_argv(
             "edge",
             *("--model", self.edge_model, "--cloud", self.edge_targets),
-            *("--host", c.host, "--port", str(self.edge_port)),
+            *("--host", c.host, "--port", str(port or self.edge_port)),
             *("--startup-timeout", str(c.ready_timeout), *c.edge_args),
         )
         env = dict(c.env)
@@ -225,7 +242,7 @@ class Stack:
             argv += ["--tls-server-name", c.tls.server_name] if c.tls.server_name else []
         if c.auth_token is not None:
             env["DRAFTLINK_EDGE_CLOUD_TOKEN"] = c.auth_token
-        return ManagedProcess("edge", argv, env, self.log_dir)
+        return ManagedProcess(name, argv, env, self.log_dir)
 
     # ---- lifecycle --------------------------------------------------------------------------
     def start(self) -> Stack:
@@ -253,7 +270,9 @@ class Stack:
         return grpc_serving(f"{self.cfg.host}:{ports[2] if self.cfg.tls is not None else ports[0]}")
 
     def wait_edge_ready(self, timeout: float | None = None) -> None:
-        self.edge.wait_ready(lambda: _http_ok(f"{self.edge_url}/health"), timeout or self.cfg.ready_timeout)
+        edges = [self.edge, *self.extra_edges]
+        for proc, url in zip(edges, self.edge_urls, strict=True):
+            proc.wait_ready(functools.partial(_http_ok, f"{url}/health"), timeout or self.cfg.ready_timeout)
 
     def stop(self) -> dict[str, int | None]:
         """SIGTERM edge first (drains HTTP), then link, then cloud; exit codes by name."""
@@ -269,15 +288,24 @@ class Stack:
         self.cloud.start()
         self.wait_cloud_ready()
 
-    def restart_link(self, uplink_bps: float, delay_ms: float, downlink_bps: float = 0.0) -> None:
+    def restart_link(
+        self,
+        uplink_bps: float,
+        delay_ms: float,
+        downlink_bps: float = 0.0,
+        link_args: tuple[str, ...] | None = None,
+    ) -> None:
         """Re-shape the link: a fresh relay on the same port, then wait until the edge is healthy again.
 
         The edge's gRPC channel reconnects on its own (the benchmark's way of changing the link).
+        link_args (e.g. ("--schedule", "markov:...")) replace the configured extra flags when given.
         """
         if self.link is None:
             raise RuntimeError("this stack runs without a link")
         self.link.stop()
         self.cfg.uplink_bps, self.cfg.delay_ms, self.cfg.downlink_bps = uplink_bps, delay_ms, downlink_bps
+        if link_args is not None:
+            self.cfg.link_args = link_args
         self._restarts += 1
         self.link = self._link_process(f"link-restart{self._restarts}")
         self.link.start()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
+from collections.abc import Iterator
 
 import pytest
 
@@ -35,3 +37,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason="real models not fetched: run `make fetch-models`"))
         if "netns" in item.keywords and not netns:
             item.add_marker(pytest.mark.skip(reason="needs root with `ip` and `tc` (iproute2)"))
+
+
+@pytest.fixture(autouse=True)
+def _close_test_sessions() -> Iterator[None]:
+    """After each test, close the Session streams it left open (see tests.support.cloud.SyncSession)."""
+    yield
+    support = sys.modules.get("tests.support.cloud")
+    if support is not None:
+        support.close_sessions()

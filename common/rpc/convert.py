@@ -115,6 +115,7 @@ def info_to_pb(info: ServerInfo) -> pb.InfoResponse:
         server_version=info.server_version,
         bitstream_version=info.bitstream_version,
         features=list(info.features),
+        model_options=dict(info.model_options),
     )
 
 
@@ -128,6 +129,7 @@ def info_from_pb(msg: pb.InfoResponse) -> ServerInfo:
         server_version=msg.server_version,
         bitstream_version=msg.bitstream_version,
         features=tuple(msg.features),
+        model_options=tuple(sorted(msg.model_options.items())),
     )
 
 

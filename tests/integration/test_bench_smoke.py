@@ -54,6 +54,10 @@ def test_outputs_written(results: tuple[Path, dict[str, Any]]) -> None:
         assert len(list(csv.DictReader(fh))) == 6
     assert (out / "tokens_per_s_T1.0.png").stat().st_size > 0
     assert (out / "resampling_vs_bits.png").stat().st_size > 0
+    # the in-process references load the models as the services report they did
+    served = data["meta"]["served"]
+    assert served["drafter"]["model"] == "builtin:tiny-draft"
+    assert served["cloud"]["model_options"]["fast_linear"] == "false"
     text = (out / "BENCH.md").read_text()
     assert "draftlink-bench --profile tiny" in text
     assert KSQS in text
@@ -66,6 +70,10 @@ def test_cells_internally_consistent(results: tuple[Path, dict[str, Any]]) -> No
         assert row["completion_tokens"] > 0
         assert row["tokens_per_s"] > 0
         assert math.isclose(row["latency_per_token_s"] * row["tokens_per_s"], 1.0, rel_tol=1e-9)
+        # one record per prompt (paired across arms by index), and a bootstrap interval around the point
+        assert [p["i"] for p in row["per_prompt"]] == list(range(len(row["per_prompt"])))
+        lo, hi = row["tokens_per_s_ci"]
+        assert lo <= row["tokens_per_s"] <= hi
         if row["method"] == "cloud-only":
             assert row["drafted"] == 0
             assert row["acceptance_rate"] is None
@@ -77,6 +85,7 @@ def test_cells_internally_consistent(results: tuple[Path, dict[str, Any]]) -> No
         assert abs(row["payload_bits_per_draft_token"] - row["formula_bits_per_draft_token"]) < 40
         # the wire carries the payload plus gRPC/HTTP2 framing, never less
         assert row["wire_bits_per_draft_token"] >= row["payload_bits_per_draft_token"]
+        assert row["overhead_bytes_per_block"] > 0
         terms = [row["bound_mismatch"], row["bound_sparsification"], row["bound_lattice"]]
         assert math.isclose(row["bound_total"], sum(terms))
         assert row["expected_resampling"] <= row["bound_total"] + 1e-9

@@ -8,6 +8,7 @@ import dataclasses
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -74,6 +75,7 @@ class ServerThread:
         self.call(self.server.load)
 
     def stop(self, grace: float = 0.0) -> None:
+        close_sessions()
         if self._thread.is_alive():
             self.call(lambda: self.server.drain(grace), timeout=grace + 30.0)  # the process's sequence
             self.call(self.server.close)
@@ -132,6 +134,7 @@ class SyncSession:
     def __init__(self, channel: grpc.Channel, timeout: float = 30.0) -> None:
         self._queue: queue.Queue[object] = queue.Queue()
         self.call = cv.verifier_stub(channel).Session(iter(self._queue.get, _END), timeout=timeout)
+        _OPEN.add(self)
 
     def send(self, message: cv.SessionMessage | pb.SessionRequest) -> None:
         """Queue one message (domain object or raw protobuf)."""
@@ -155,6 +158,13 @@ class SyncSession:
     def cancel(self) -> None:
         self.call.cancel()
 
+    def close(self) -> None:
+        """End the request stream and the call (idempotent): no client thread or server stream is left
+        behind for the next test, or for a server stop (grpc aio has crashed stopping under them)."""
+        self._queue.put(_END)
+        self.call.cancel()
+        _OPEN.discard(self)
+
     def open(self, req: cv.OpenRequest) -> cv.Opened:
         self.send(req)
         reply = self.recv()
@@ -166,6 +176,15 @@ class SyncSession:
         reply = self.recv()
         assert isinstance(reply, cv.Verdict), reply
         return reply
+
+
+_OPEN: weakref.WeakSet[SyncSession] = weakref.WeakSet()
+
+
+def close_sessions() -> None:
+    """Close every SyncSession a test left open (tests/conftest.py runs it after each test)."""
+    for session in list(_OPEN):
+        session.close()
 
 
 # ── a reference client: drafting with a small model, driving a whole session ────────────────────

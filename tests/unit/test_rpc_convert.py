@@ -134,6 +134,9 @@ def test_open_without_sampling_is_invalid() -> None:
         limits=st.builds(cv.Limits, u32, u32, u32, u32, u32),
         server_version=st.text(max_size=8),
         bitstream_version=u32,
+        model_options=st.dictionaries(st.text(max_size=6), st.text(max_size=6), max_size=3).map(
+            lambda d: tuple(sorted(d.items()))
+        ),
     )
 )
 def test_info_roundtrip(info: cv.ServerInfo) -> None:
