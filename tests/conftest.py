@@ -27,7 +27,7 @@ def _netns_available() -> bool:
 def _containers_skip_reason() -> str | None:
     from deploy.podman import engine, images
 
-    return engine.unavailable_reason() or images.base_unavailable_reason()
+    return engine.missing_reason() or images.base_unavailable_reason()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -52,17 +52,24 @@ def podman(*args: str, check: bool = True, timeout: float | None = 600.0) -> sub
     return run(["podman", *args], check=check, timeout=timeout)
 
 
-def unavailable_reason() -> str | None:
-    """Why podman cannot run containers here (None when it can)."""
+def missing_reason() -> str | None:
+    """Why podman cannot be used here at all (None when it can): not installed, or not root (the
+    project sets up rootful podman only: sandbox containers.conf, debootstrap, bridge networks)."""
     if shutil.which("podman") is None:
         return "podman not installed (apt-get install podman runc debootstrap)"
-    try:
-        info = podman("info", "--format", "json", check=False, timeout=60)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"podman info failed: {exc}"
-    if info.returncode != 0:
-        return f"podman info failed: {(info.stderr or info.stdout).strip().splitlines()[-1:]}"
+    if os.geteuid() != 0:
+        return "needs root: the podman path is set up for rootful podman"
     return None
+
+
+def check_working() -> None:
+    """Raise PodmanError when the installed podman does not answer (`podman version`)."""
+    try:
+        proc = podman("version", check=False, timeout=180)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise PodmanError(f"podman version failed: {exc}") from exc
+    if proc.returncode != 0:
+        raise PodmanError(f"podman version failed: {(proc.stderr or proc.stdout).strip()}")
 
 
 def image_exists(ref: str) -> bool:

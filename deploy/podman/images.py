@@ -120,7 +120,9 @@ def base_unavailable_reason(cache: Path | None = None) -> str | None:
     """Why the base image can be neither found nor made here (None when it can)."""
     ref = base_ref()
     tarball = (cache or default_cache()) / f"{ref.rpartition(':')[2]}.tar"
-    if tarball.exists() or engine.image_exists(ref):
+    if tarball.exists() or (shutil.which("debootstrap") and os.geteuid() == 0):
+        return None
+    if engine.image_exists(ref):
         return None
     if shutil.which("debootstrap") is None:
         return "debootstrap not installed and no cached base image (apt-get install debootstrap)"
@@ -287,9 +289,10 @@ def build_all(
     log: Log = _stderr,
 ) -> Report:
     """Base image, wheelhouse, then each image; raises ImageBuildError with the failing output."""
-    reason = engine.unavailable_reason()
+    reason = engine.missing_reason()
     if reason:
         raise ImageBuildError(reason)
+    engine.check_working()
     cache = cache or default_cache()
     cache.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
