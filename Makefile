@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: venv proto test test-fast check fmt run fetch-models bench bench-codec bench-models clean help \
+.PHONY: venv proto test test-fast check fmt run fetch-models bench bench-codec bench-models images clean help \
 	bench-tiny bench-tiny-concurrency bench-wire bench-qwen-regime bench-qwen-sparse bench-qwen-streamed \
 	bench-qwen-concurrency bench-guidellm
 
@@ -88,6 +88,9 @@ bench-codec: venv proto ## codec speed and bits per token
 
 bench-models: venv proto ## model forward times and agreement (needs fetch-models)
 	$(BIN)/python bench/model_bench.py
+
+images: venv ## build the cloud, edge and link images with podman, offline (deploy/README.md, "Podman")
+	$(BIN)/python -m deploy.podman.images
 
 clean: ## remove the venv and caches (not the model cache)
 	rm -rf $(VENV) common/rpc/gen .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,4 +1,4 @@
-"""Suite-wide settings: offline model hub, marker gating (real_models, netns)."""
+"""Suite-wide settings: offline model hub, marker gating (real_models, netns, containers)."""
 
 from __future__ import annotations
 
@@ -29,10 +29,20 @@ def _netns_available() -> bool:
     return os.geteuid() == 0 and shutil.which("ip") is not None and shutil.which("tc") is not None
 
 
+def _containers_skip_reason() -> str | None:
+    from deploy.podman import engine, images
+
+    return engine.missing_reason() or images.base_unavailable_reason()
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     real = _real_models_available()
     netns = _netns_available()
+    marked = [i for i in items if i.get_closest_marker("containers") is not None]
+    containers = _containers_skip_reason() if marked else None
     for item in items:
+        if containers and item in marked:
+            item.add_marker(pytest.mark.skip(reason=containers))
         if "real_models" in item.keywords and not real:
             item.add_marker(pytest.mark.skip(reason="real models not fetched: run `make fetch-models`"))
         if "netns" in item.keywords and not netns:

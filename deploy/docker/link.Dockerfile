@@ -6,7 +6,13 @@
 
 ARG BASE_IMAGE=python:3.11-slim
 
+# Offline builds (deploy/README.md, "Podman"): `--build-context wheelhouse=DIR` replaces this stage
+# with a directory of wheels and OFFLINE=1 makes pip install from it alone (--no-index). Unreplaced,
+# it is only the base image (mounted at /wheelhouse, unread): valid for every builder.
+FROM ${BASE_IMAGE} AS wheelhouse
+
 FROM ${BASE_IMAGE} AS builder
+ARG OFFLINE=0
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -16,7 +22,9 @@ COPY pyproject.toml README.md ./
 COPY common/ common/
 COPY link/ link/
 # Same lower bounds as pyproject's dependencies (tests/component/test_deploy_static.py checks them).
-RUN python -m venv /opt/draftlink \
+RUN --mount=type=bind,from=wheelhouse,target=/wheelhouse \
+    if [ "${OFFLINE}" = "1" ]; then export PIP_NO_INDEX=1 PIP_FIND_LINKS=/wheelhouse; fi \
+    && python -m venv /opt/draftlink \
     && pip install --no-cache-dir --no-deps . \
     && pip install --no-cache-dir "numpy>=1.26" "prometheus-client>=0.21" "uvloop>=0.21"
 
