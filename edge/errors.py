@@ -181,7 +181,7 @@ def from_exception(exc: BaseException) -> APIError:
     return APIError(500, f"internal error: {type(exc).__name__}", type="server_error", code="internal_error")
 
 
-_UNION_TAGS = frozenset({"str", "int", "float", "bool", "none"})
+_UNION_TAGS = frozenset({"str", "int", "float", "bool", "none", "constrained-int", "constrained-str"})
 
 
 def from_validation(errors: Sequence[Any]) -> APIError:
@@ -192,7 +192,7 @@ def from_validation(errors: Sequence[Any]) -> APIError:
     kind = str(first.get("type", ""))
     loc = [str(p) for p in first.get("loc", ()) if p != "body"]
     if kind != "extra_forbidden":  # drop pydantic's union-member tags: prompt.list[int].2 → prompt.2
-        loc = [p for p in loc if p not in _UNION_TAGS and "[" not in p]
+        loc = [p for p in loc if p not in _UNION_TAGS and "[" not in p]  # literal[...], list[int]
     if kind.startswith("json") or (kind in ("model_type", "model_attributes_type") and not loc):
         return invalid_json(str(first.get("msg", "")))
     param = ".".join(loc) or None
