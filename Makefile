@@ -12,7 +12,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 
 .PHONY: venv proto test test-fast check fmt run fetch-models bench bench-codec bench-models images clean help \
 	bench-tiny bench-tiny-concurrency bench-wire bench-qwen-regime bench-qwen-sparse bench-qwen-streamed \
-	bench-qwen-concurrency bench-guidellm
+	bench-qwen-concurrency bench-guidellm device-check
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -82,6 +82,9 @@ bench-qwen-concurrency: venv proto ## Qwen: 1/2/4/8 concurrent clients over 2 ed
 
 bench-guidellm: ## guidellm (throwaway venv) against a running edge: make bench-guidellm URL=... TOK=...
 	bench/guidellm.sh $(or $(URL),http://127.0.0.1:8000) $(or $(TOK),$(HOME)/.cache/draftlink/models/qwen2.5-coder-1.5b)
+
+device-check: ## on a CUDA machine: Qwen pair batched, tokens/s at 1/8/32/64 sessions (DEVICE=cpu: dry run)
+	bench/device_check.sh
 
 bench-codec: venv proto ## codec speed and bits per token
 	$(BIN)/python bench/codec_bench.py

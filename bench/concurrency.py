@@ -133,6 +133,25 @@ def level_row(
     return row
 
 
+def run_level(
+    stack: Stack,
+    profile: Profile,
+    prompts: Sequence[Prompt],
+    clients: int,
+    body: Callable[[Prompt], dict[str, Any]],
+) -> dict[str, Any]:
+    """One level: `clients` at once, with what the cloud's batch histograms gained meanwhile."""
+    before = scrape_histograms(stack.cloud_metrics_url)
+    results, wall = _level(stack, profile, prompts, clients, body)
+    return level_row(
+        clients, results, wall, histogram_delta(before, scrape_histograms(stack.cloud_metrics_url))
+    )
+
+
+def _g(x: float | None) -> str:
+    return "–" if x is None else f"{x:.3g}"
+
+
 def run_concurrency(
     stack: Stack, profile: Profile, prompts: Sequence[Prompt], say: Callable[[str], None]
 ) -> list[dict[str, Any]]:
@@ -142,13 +161,7 @@ def run_concurrency(
     method, temp = profile.concurrency_method, profile.temperatures[0]
     rows: list[dict[str, Any]] = []
     for clients in profile.concurrency:
-        before = scrape_histograms(stack.cloud_metrics_url)
-        results, wall = _level(
-            stack, profile, prompts, clients, lambda p: make_body(method, p, temp, profile)
-        )
-        row = level_row(
-            clients, results, wall, histogram_delta(before, scrape_histograms(stack.cloud_metrics_url))
-        )
+        row = run_level(stack, profile, prompts, clients, lambda p: make_body(method, p, temp, profile))
         row.update(
             {
                 "method": method,
@@ -165,8 +178,8 @@ def run_concurrency(
             row[key] = row[ref] / base[ref] if row.get(ref) and base.get(ref) else None
         rows.append(row)
         say(
-            f"[concurrency] {clients} clients: {row['aggregate_tokens_per_s']:.3g} tok/s aggregate "
-            f"({row['speedup']:.2f}×), p50 {row['latency_p50_s']:.3g} s, p95 {row['latency_p95_s']:.3g} s, "
+            f"[concurrency] {clients} clients: {_g(row['aggregate_tokens_per_s'])} tok/s aggregate "
+            f"({_g(row['speedup'])}×), p50 {_g(row['latency_p50_s'])} s, p95 {_g(row['latency_p95_s'])} s, "
             f"fairness {row['fairness_max_over_min']}, errors {row['errors']}"
         )
     return rows
