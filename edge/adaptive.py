@@ -130,9 +130,11 @@ class AdaptivePolicy:
         hub = self.hub = auto.hub
         self.auto, self.pipeline, self.max_depth, self.clock = auto, pipeline, max_depth, clock
         self.static_spec = hub.candidate(codec).spec
-        self.static_len = draft_len
         self.specs = list(hub.specs) if auto.codec else [self.static_spec]
         self.lens = list(range(1, hub.max_draft_len + 1)) if auto.draft_len else [draft_len]
+        # the cold-start length too stays within the controller's bound (--auto-max-draft-len, the
+        # cloud's max_draft_len): the request's draft_len is only the static default then
+        self.static_len = min(draft_len, max(self.lens))
         self.client = hub.clients.get(auto.client)
         self.text_key = _text_key(params)
         self.cands = [hub.candidate(s) for s in self.specs]

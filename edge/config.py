@@ -28,11 +28,19 @@ class EdgeConfig:
     )
     host: str = field("127.0.0.1", "HTTP bind address")
     port: int = field(8000, "HTTP port (OpenAI API, /health and /metrics)")
-    codec: str = field(STATIC_CODEC, "default draft codec spec, or 'auto' (per-request override allowed)")
-    draft_len: str = field(
-        str(STATIC_DRAFT_LEN), "default drafts per round L, or 'auto' (per-request override allowed)"
+    codec: str = field(
+        STATIC_CODEC,
+        "default draft codec spec, or 'auto': chosen per block by the adaptive controller from the "
+        f"codecs the cloud decodes ({STATIC_CODEC} until it has estimates); per-request override allowed",
     )
-    auto_max_draft_len: int = field(16, "longest block the adaptive controller chooses (draft_len auto)")
+    draft_len: str = field(
+        str(STATIC_DRAFT_LEN),
+        "default drafts per round L, or 'auto': chosen per block by the adaptive controller in [1, "
+        f"--auto-max-draft-len] ({STATIC_DRAFT_LEN} until it has estimates); per-request override allowed",
+    )
+    auto_max_draft_len: int = field(
+        16, "longest block the adaptive controller chooses (draft_len auto; capped by the cloud's limit)"
+    )
     client_states: int = field(
         1024, "clients whose C-SQS threshold and acceptance carry over between requests (LRU; 0 = none)"
     )

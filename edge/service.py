@@ -172,7 +172,7 @@ class EdgeService:
             codec = self.cfg.static_codec
             if self.adaptive.default_codec not in self.adaptive.specs:  # the cloud cannot decode it
                 codec = self.adaptive.specs[0]
-        draft_len = min(self.cfg.static_draft_len, self.limits.max_draft_len) if auto_len else int(want_len)
+        draft_len = min(self.cfg.static_draft_len, self.adaptive.max_draft_len) if auto_len else int(want_len)
         try:
             kind = codec_kind(codec)
         except (CodecError, ValueError) as exc:

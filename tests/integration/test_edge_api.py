@@ -59,15 +59,36 @@ PROMPTS = [[5, 17, 300, 42, 7], [1000, 3, 3, 3, 3, 3, 9], list(range(100, 140))]
         {"pipeline": True},
         {"pipeline": True, "codec": "csqs:alpha=0.05,eta=0.02,ell=240", "draft_len": 3},
         {"pipeline": True, "codec": "dense:fp16", "draft_len": 1},
+        {"draft_len": "auto", "codec": "auto", "pipeline": False},
+        {"draft_len": "auto", "codec": "auto", "pipeline": True},
     ],
-    ids=["ksqs", "csqs", "qs", "dense16", "cloud-only", "streamed-ksqs", "streamed-csqs", "streamed-dense16"],
+    ids=[
+        "ksqs",
+        "csqs",
+        "qs",
+        "dense16",
+        "cloud-only",
+        "streamed-ksqs",
+        "streamed-csqs",
+        "streamed-dense16",
+        "auto",
+        "streamed-auto",
+    ],
 )
 def test_greedy_equals_target_greedy(http: httpx.Client, draftlink: dict[str, Any]) -> None:
+    auto = draftlink.get("codec") == "auto"
+    decisions = 0
     for prompt in PROMPTS:
         body = {"prompt": prompt, "max_tokens": 40, "temperature": 0, "return_token_ids": True}
         r = http.post("/v1/completions", json={**body, "draftlink": draftlink})
         assert r.status_code == 200, r.text
         assert r.json()["choices"][0]["token_ids"] == target_greedy(prompt, 40)
+        if auto:  # the controller shaped the blocks (codec and length per block)
+            spec = r.json()["metrics"]["speculative_decoding"]
+            assert spec["codec"] == spec["draft_len"] == "auto"
+            assert (spec["blocks_streamed"] > 0) == draftlink["pipeline"]
+            decisions += spec["controller"]["decisions"]
+    assert decisions > 0 or not auto
 
 
 def test_streamed_seeded_text_does_not_depend_on_block_length(http: httpx.Client) -> None:

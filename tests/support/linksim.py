@@ -68,8 +68,10 @@ class Env:
 class SimRun:
     tokens: int
     seconds: float
-    lens: list[int]
-    specs: list[str]
+    lens: list[int]  # drafts per block sent
+    specs: list[str]  # codec spec per block sent
+    sent: list[float]  # simulated time each block was sent
+    output: list[int]  # the generated tokens
 
     @property
     def rate(self) -> float:
@@ -90,7 +92,7 @@ def run_serial(
     """Serial rounds until max_tokens: plan, draft (simulated time), send, verify, apply, observe."""
     params = SamplingParams(temperature=text.temperature, seed=seed, max_new_tokens=max_tokens)
     state = SpecState([0], params)
-    start, lens, specs = clock.t, [], []
+    start, lens, specs, sent_at = clock.t, [], [], []
     while not state.finished:
         plan = policy.plan_block(state)
         n = state.plan(plan.want, chained=False)
@@ -101,6 +103,7 @@ def run_serial(
         block = state.seal(drafts, payload, plan.codec.spec, more=False)
         lens.append(len(drafts))
         specs.append(block.codec)
+        sent_at.append(clock.t)
         wire = len(payload) + env.header_bytes
         policy.observe_sent(block, draft_s, wire)
         sent = clock.t
@@ -109,7 +112,7 @@ def run_serial(
         verdict = _verdict(block.round, block.start, drafts, text, params, seed, len(state.output), verify_s)
         state.apply(verdict)
         policy.observe_verdict(block, verdict, clock.t - sent)
-    return SimRun(len(state.output), clock.t - start, lens, specs)
+    return SimRun(len(state.output), clock.t - start, lens, specs, sent_at, list(state.output))
 
 
 def _verdict(
@@ -161,7 +164,7 @@ def run_streamed(
     """
     params = SamplingParams(temperature=text.temperature, seed=seed, max_new_tokens=max_tokens)
     state = SpecState([0], params)
-    start, lens, specs = clock.t, [], []
+    start, lens, specs, sent_at = clock.t, [], [], []
     link = _Link(env, params, text, seed)
     drafting: tuple[BlockPlan, list[Draft], float, int] | None = None  # plan, drafts, done, chain
     drafter_free = clock.t
@@ -175,8 +178,13 @@ def run_streamed(
             plan = policy.plan_block(state)
             drafts = _draft(plan, text, state.position, state.plan(plan.want, chained=True), seed)
             drafting = (plan, drafts, clock.t + len(drafts) * env.draft_per_token, state.chain)
-        t_draft = drafting[2] if drafting is not None else max(drafter_free, clock.t)
+        if drafting is not None:
+            t_draft = drafting[2]
+        else:  # idle: busy finishing a stopped draft, or waiting for a verdict (depth, budget, chain)
+            t_draft = drafter_free if drafter_free > clock.t else math.inf
         t_verdict = link.wire[0].arrives if link.wire else math.inf
+        if t_draft == t_verdict == math.inf:
+            raise RuntimeError("simulation stalled: nothing drafting and nothing in flight")
         if t_verdict <= t_draft:
             w = link.wire.popleft()
             clock.t = max(clock.t, w.arrives)
@@ -197,10 +205,11 @@ def run_streamed(
         block = state.seal(drafts, plan.codec.encode(drafts), plan.codec.spec, more=True)
         lens.append(len(drafts))
         specs.append(block.codec)
+        sent_at.append(clock.t)
         wire_bytes = len(block.payload) + env.header_bytes
         policy.observe_sent(block, len(drafts) * env.draft_per_token, wire_bytes)
         link.send(block, clock.t, wire_bytes, len(state.output) + state.drafted_ahead - len(drafts))
-    return SimRun(len(state.output), clock.t - start, lens, specs)
+    return SimRun(len(state.output), clock.t - start, lens, specs, sent_at, list(state.output))
 
 
 class _Link:
