@@ -67,16 +67,30 @@ class CandidateCodec:
             return float(np.mean(np.asarray(self.bits_by_k)[sizes - 1]))
         return float(self.codec.formula_bits())
 
-    def distortion(self, window: Sequence[Observed], tops: np.ndarray, sizes: np.ndarray | None) -> float:
-        """Mean δ = d_TV(q, q̂) over the window (dense fp16: 0; QS: recorded exactly by the probe)."""
-        if self.kind.startswith("dense") or tops.shape[0] == 0:
+    def distortion(
+        self, window: Sequence[Observed], rows: Sequence[Observed], sizes: np.ndarray | None
+    ) -> float:
+        """Mean δ = d_TV(q, q̂) over the window (dense fp16: 0; QS: recorded exactly by the probe).
+
+        rows: the positions (with top probabilities) the sparse δ is averaged over; sizes: their
+        support sizes (C-SQS), else K. Each position's δ is computed once per (spec, K) and cached
+        on it, so a block only pays for the positions that entered the window since the last one.
+        """
+        if self.kind.startswith("dense") or not rows:
             return 0.0
         if self.kind == "qs":
             got = [o.full.get(self.ell) for o in window]
             vals = [v for v in got if v is not None]
             return float(np.mean(vals)) if vals else 1.0
-        k = np.minimum(self.k, TOP) if sizes is None else sizes[:, None]
-        return float(sparse_distortion(tops, np.asarray(k), np.array([max(self.ell, 1)])).mean())
+        ks = [min(self.k, TOP)] * len(rows) if sizes is None else [int(k) for k in sizes]
+        missing = [i for i, (o, k) in enumerate(zip(rows, ks, strict=True)) if (self.spec, k) not in o.sparse]
+        if missing:
+            tops = np.stack([_top(rows[i]) for i in missing])  # [n, TOP]
+            k_new = np.array([ks[i] for i in missing], dtype=np.int64)[:, None]  # [n, 1]
+            fresh = sparse_distortion(tops, k_new, np.array([max(self.ell, 1)]))[:, 0]  # [n]
+            for i, value in zip(missing, fresh, strict=True):
+                rows[i].sparse[(self.spec, ks[i])] = float(value)
+        return float(np.mean([o.sparse[(self.spec, k)] for o, k in zip(rows, ks, strict=True)]))
 
     def prior_cpu(self) -> float:
         """Seconds per draft (compress + encode) before any measurement: O(V) pass + O(K) coding."""
@@ -156,16 +170,39 @@ def evaluate(
     cands: Sequence[CandidateCodec], cpu: Sequence[float], window: Sequence[Observed], shadows: Shadows
 ) -> tuple[list[Candidate], np.ndarray, float]:
     """(per candidate: bits, CPU, mean δ; [C] δ̄; the window's mean flatness 1 − max q)."""
-    tops = np.stack([o.top for o in window if o.top is not None]) if window else np.zeros((0, TOP))
+    seen = [o for o in window if o.top is not None]  # positions with top probabilities
+    _fill_fixed_k([c for c in cands if c.kind == "ksqs"], seen)
     table, deltas = [], []
     for cand, seconds in zip(cands, cpu, strict=True):
-        sizes, rows = (shadows.sizes(cand.spec), tops) if cand.kind == "csqs" else (None, tops)
+        sizes, rows = (shadows.sizes(cand.spec), seen) if cand.kind == "csqs" else (None, seen)
         if sizes is not None:  # the shadow's supports over the positions it has seen
-            m = min(sizes.shape[0], tops.shape[0])
-            sizes, rows = sizes[sizes.shape[0] - m :], tops[tops.shape[0] - m :]
-        if cand.kind == "csqs" and (sizes is None or sizes.shape[0] == 0) and tops.shape[0]:
-            sizes, rows = csqs_operating_point(tops, cand.alpha, cand.kmax)[1], tops  # no trajectory yet
+            m = min(sizes.shape[0], len(seen))
+            sizes, rows = sizes[sizes.shape[0] - m :], seen[len(seen) - m :]
+        if cand.kind == "csqs" and (sizes is None or sizes.shape[0] == 0) and seen:
+            tops = np.stack([_top(o) for o in seen])  # [n, TOP]; no trajectory yet
+            sizes, rows = csqs_operating_point(tops, cand.alpha, cand.kmax)[1], seen
         deltas.append(cand.distortion(window, rows, sizes))
         table.append(Candidate(cand.bits(sizes), seconds, deltas[-1]))
     flat = float(np.mean([o.flat for o in window])) if window else 0.0
     return table, np.array(deltas), flat
+
+
+def _top(o: Observed) -> np.ndarray:
+    """[TOP] the position's top probabilities (only positions that have them are rows)."""
+    assert o.top is not None
+    return o.top
+
+
+def _fill_fixed_k(cands: Sequence[CandidateCodec], seen: Sequence[Observed]) -> None:
+    """Cache δ of every fixed-K candidate at the positions that lack it, in one batched call."""
+    keys = [(c.spec, min(c.k, TOP)) for c in cands]
+    new = [o for o in seen if any(key not in o.sparse for key in keys)]
+    if not new or not cands:
+        return
+    tops = np.stack([_top(o) for o in new])  # [n, TOP]
+    ks = np.array([k for _, k in keys], dtype=np.int64)  # [C]
+    ells = np.array([max(c.ell, 1) for c in cands])  # [C]
+    table = sparse_distortion(tops, ks, ells)  # [n, C]
+    for o, row in zip(new, table, strict=True):
+        for key, value in zip(keys, row, strict=True):
+            o.sparse[key] = float(value)

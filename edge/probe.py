@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -27,6 +27,9 @@ class Observed:
     flat: float  # 1 − max q: how unsure the drafter was at this position
     top: np.ndarray | None  # [TOP] q's largest probabilities, descending (when candidates need them)
     full: dict[int, float]  # ℓ → δ of dense QS at ℓ (when it is a candidate; needs all of q)
+    # (spec, K) → δ of a sparse candidate here: filled on first use, then reused for as long as the
+    # position stays in the controller's window (each block would otherwise redo the whole window)
+    sparse: dict[tuple[str, int], float] = field(default_factory=dict, compare=False)
 
 
 def qs_distortion(q: np.ndarray, ell: int) -> float:

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from common.codec import make_codec, top_k_support
+from edge.candidates import CandidateCodec, Shadows, evaluate
 from edge.control import (
     TOP,
     Candidate,
@@ -20,7 +21,7 @@ from edge.control import (
     streamed_rate,
     top_probs,
 )
-from edge.probe import distortion
+from edge.probe import Observed, distortion
 
 V = 300
 
@@ -162,3 +163,29 @@ def test_choice_stays_within_the_allowed_lengths_and_candidates(
     assert c.draft_len in lens
     assert 0 <= c.index < len(cands)
     assert c.rate > 0
+
+
+def test_cached_candidate_distortion_equals_the_direct_computation() -> None:
+    """evaluate() caches each position's δ per (spec, K); the means equal a fresh computation, also
+    after the window slides (new positions computed, old ones reused)."""
+    rng = np.random.default_rng(5)
+    specs = (
+        "ksqs:k=4,ell=16",
+        "ksqs:k=16,ell=100",
+        "ksqs:k=64,ell=240",
+        "csqs:alpha=0.1,eta=0.02,ell=240,kmax=64",
+    )
+    cands = [CandidateCodec(s, 1000) for s in specs]
+
+    def obs() -> Observed:
+        top = np.sort(rng.dirichlet(np.full(TOP, 0.3)))[::-1]
+        return Observed(0.0, 1.0 - float(top[0]), top, {})
+
+    window = [obs() for _ in range(12)]
+    for _ in range(3):
+        _, deltas, _ = evaluate(cands, [0.0] * len(cands), window, Shadows(cands, {}, 32))
+        tops = np.stack([o.top for o in window if o.top is not None])
+        for cand, got in zip(cands[:3], deltas[:3], strict=True):
+            want = sparse_distortion(tops, np.array([cand.k]), np.array([cand.ell])).mean()
+            assert got == pytest.approx(want, abs=1e-12)
+        window = window[3:] + [obs() for _ in range(3)]  # the window slides by a block
