@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -92,3 +93,37 @@ async def test_token_travels_as_bearer_metadata() -> None:
     finally:
         await with_token.close()
         await without.close()
+
+
+def healthy(t: CloudTarget) -> bool:
+    return t.healthy  # a call, not an attribute: mypy would narrow a property across the steps
+
+
+def busy(t: CloudTarget) -> bool:
+    return t.busy
+
+
+async def test_open_sessions_vouch_for_a_target_and_a_failure_ends_that() -> None:
+    """No health checks cross the link while sessions are open on a target: they keep it healthy
+    past the polling window, the last one to finish refreshes it, and a failure ends it at once."""
+    client = CloudClient(CloudSettings("127.0.0.1:1", health_interval=0.01))
+    try:
+        (t,) = client.targets
+        _healthy(t)
+        t.active = 1
+        await asyncio.sleep(0.05)  # more than three polling intervals: a check is overdue
+        assert busy(t)
+        assert healthy(t)
+        t.release()  # the session finished normally
+        assert not busy(t)
+        assert healthy(t)  # it vouched for the target just now
+        await asyncio.sleep(0.05)
+        assert not healthy(t)  # and the next check is due again
+        _healthy(t)
+        t.active = 1
+        t.mark_unhealthy("session lost")
+        assert not healthy(t)  # open sessions do not mask a failure
+        t.release()
+        assert not healthy(t)
+    finally:
+        await client.close()
