@@ -49,6 +49,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--doc", default="docs/BENCHMARKS.md", help="markdown file the summary is appended to")
     p.add_argument("--no-doc", action="store_true", help="do not append to the markdown file")
+    p.add_argument(
+        "--no-references",
+        action="store_true",
+        help="skip the in-process references and bound terms after the passes (tables show –)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(
         "--from-results",
@@ -104,6 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_tokens=args.max_tokens,
         draft_len=args.draft_len,
         cell_budget_s=args.cell_budget,
+        references=False if args.no_references else None,
     )
     out = Path(args.out or f"docs/bench/{profile.name}")
     out.mkdir(parents=True, exist_ok=True)

@@ -38,6 +38,7 @@ class Profile:
     passes: tuple[str, ...] = ("unshaped", "greedy", "grid")
     markov: tuple[str, ...] = ()  # link --schedule specs of the markov pass
     concurrency: tuple[int, ...] = ()  # concurrent clients per level of the concurrency pass
+    references: bool = True  # in-process references and bound terms after the passes (minutes on Qwen)
     concurrency_method: str = KSQS16
     concurrency_rate_bps: float = 0.0  # link of the concurrency pass (0 = unshaped)
     requests_per_client: int = 2  # per level of the concurrency pass

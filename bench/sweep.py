@@ -239,7 +239,7 @@ def sweep(
     _greedy_check(rows, texts)
     refs: dict[str, Any] = (
         inprocess_references(profile, prompts, served, say, need_bounds=True)
-        if plan(profile)
+        if plan(profile) and profile.references
         else {"bounds": {}, "inprocess": {}, "vocab_size": ctx.vocab_size}
     )
     _attach_bounds(rows, refs, profile.draft_len)

@@ -109,3 +109,9 @@ def test_profiles_customise_from_cli_strings() -> None:
     assert power.num_prompts >= 20
     assert power.max_tokens >= 64
     assert len(power.prompt_files) == 2
+
+
+def test_no_references_turns_the_in_process_references_off() -> None:
+    assert PROFILES["qwen-streamed"].references
+    assert not customise(PROFILES["qwen-streamed"], references=False).references
+    assert customise(PROFILES["qwen-streamed"], references=None).references  # flag absent: unchanged
