@@ -9,6 +9,7 @@ request run without interruption. The client must see one uninterrupted stream (
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -150,6 +151,13 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     )
 
 
+def print_resume_times(stack: Stack, what: str) -> None:
+    """The edge's own account of each resume (seen with -s; the figures for the closing notes)."""
+    times = [float(t) for t in re.findall(r"resumed on \S+ after ([0-9.]+)s", stack.edge.logs(200_000))]
+    if times:
+        print(f"{what}: {len(times)} resumes so far, {min(times):.2f}-{max(times):.2f} s after the failure")
+
+
 @pytest.fixture(scope="module")
 def reference(stack: Stack) -> list[Stream]:
     return reference_run(stack)
@@ -167,6 +175,7 @@ def test_cloud_killed_and_restarted_mid_stream(stack: Stack, reference: list[Str
     streams, live = run_streams(stack.edge_url, kill_and_restart)
     check_exact(streams, reference, live)
     assert resumes_total(stack) - before == sum(s.resumes or 0 for s in streams)
+    print_resume_times(stack, "cloud kill -9 + restart")
     wait_for(lambda: health(stack) == 200, timeout=30, what="edge healthy after the restart")
 
 
@@ -190,6 +199,7 @@ def test_link_killed_and_restarted_mid_stream(stack: Stack, reference: list[Stre
 
     streams, live = run_streams(stack.edge_url, kill_and_restart)
     check_exact(streams, reference, live)
+    print_resume_times(stack, "link kill -9 + restart")
 
 
 # ── load: 32 clients for a minute (edge --max-concurrency and cloud --max-sessions 40) ──────────
@@ -245,6 +255,8 @@ def test_32_clients_for_a_minute(stack: Stack) -> None:
         t.join(LOAD_SECONDS + 180)
     end = {name: _rss_mib(pid) for name, pid in pids.items()}
     errors = [o for o in outcomes if o != "ok"]
+    rss = ", ".join(f"{n} {warm[n]:.0f} -> {end[n]:.0f} MiB" for n in pids)
+    print(f"load: {len(outcomes)} requests from {LOAD_CLIENTS} clients, {len(errors)} errors; RSS {rss}")
     assert not errors, f"{len(errors)} of {len(outcomes)} failed: {errors[:3]}"
     assert len(outcomes) >= LOAD_CLIENTS  # every client completed requests
     for name in pids:
