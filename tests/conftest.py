@@ -6,8 +6,12 @@ import os
 import shutil
 import sys
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.support.certs import PKI
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -56,3 +60,19 @@ def _close_test_sessions() -> Iterator[None]:
     support = sys.modules.get("tests.support.cloud")
     if support is not None:
         support.close_sessions()
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
+    """A CA with a server (localhost) and a client certificate (the TLS tests)."""
+    from tests.support.certs import make_pki
+
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="module")
+def other(tmp_path_factory: pytest.TempPathFactory) -> PKI:
+    """Another CA, unknown to the cloud and the edge."""
+    from tests.support.certs import make_pki
+
+    return make_pki(tmp_path_factory.mktemp("other-pki"))

@@ -24,22 +24,11 @@ from edge.client import CloudClient, CloudSettings, StartupError
 from launcher.procs import ManagedProcess, python_module_argv
 from launcher.stack import Stack, StackTLS
 from tests.integration.stack import TEST_ENV, start_stack
-from tests.support.certs import PKI, make_pki
+from tests.support.certs import PKI
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
 
 TOKEN = "t0ken-for-tests"
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture(scope="module")
-def other(tmp_path_factory: pytest.TempPathFactory) -> PKI:
-    """Another CA, unknown to the cloud and the edge."""
-    return make_pki(tmp_path_factory.mktemp("other-pki"))
 
 
 @pytest.fixture(scope="module")

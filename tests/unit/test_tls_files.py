@@ -10,17 +10,7 @@ import pytest
 from cloud.auth import token_ok
 from common.errors import ConfigError
 from common.tls import load_client_tls, load_server_tls, read_pem
-from tests.support.certs import PKI, make_pki
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture(scope="module")
-def other(tmp_path_factory: pytest.TempPathFactory) -> PKI:
-    return make_pki(tmp_path_factory.mktemp("other"))
+from tests.support.certs import PKI
 
 
 def test_valid_material_loads(pki: PKI) -> None:
