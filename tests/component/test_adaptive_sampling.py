@@ -16,8 +16,8 @@ from common.rounds import InFlight
 from common.types import SamplingParams
 from edge.adaptive import AdaptivePolicy, AutoRequest
 from edge.hub import AdaptiveHub
-from tests.component.test_cloud_session import chi_square_pvalue
 from tests.component.test_streamed import PROMPT, _target_probs
+from tests.support.stats import chi_square_pvalue
 
 DEFAULT = "ksqs:k=16,ell=100"
 # one or more of every kind, from a one-hot draft to a lossless one (the full grid plans ~3× slower)

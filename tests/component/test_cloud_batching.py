@@ -14,8 +14,8 @@ from common.models import CachedLM, LoadedModel, load_model
 from common.rpc import convert as cv
 from common.sampling import drafter_rng, probs_from_logits
 from common.types import SamplingParams
-from tests.component.test_cloud_session import chi_square_pvalue
 from tests.support.cloud import ReferenceDrafter, ServerThread, SyncSession, greedy_tokens, tiny_config
+from tests.support.stats import chi_square_pvalue
 
 PROMPTS = [(11, 305, 42, 7, 1500, 99), (5, 17, 300), (1000, 3, 3, 3, 3, 3, 9, 12, 40, 41), (77,)]
 WAVE = 16

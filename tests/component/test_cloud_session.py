@@ -8,7 +8,6 @@ from collections.abc import Iterator
 import grpc
 import numpy as np
 import pytest
-from scipy import stats
 
 from common.codec import make_codec
 from common.models import LoadedModel, load_model
@@ -24,6 +23,7 @@ from tests.support.cloud import (
     run_session,
     tiny_config,
 )
+from tests.support.stats import chi_square_pvalue
 
 PROMPT = (11, 305, 42, 7, 1500, 99)
 CODECS = ["dense:fp32", "dense:fp16", "qs:ell=240", "ksqs:k=16,ell=100", "csqs:alpha=0.05,eta=0.02,ell=240"]
@@ -123,18 +123,6 @@ def greedy_logits(lm: LoadedModel, prompt: tuple[int, ...]) -> np.ndarray:
     from common.models import CachedLM
 
     return CachedLM(lm).extend(list(prompt))[-1:].numpy()  # [1, V]
-
-
-def chi_square_pvalue(counts: np.ndarray, p: np.ndarray) -> float:
-    """Pearson chi-square over cells with expected count >= 5; the rest pooled into one cell."""
-    n = counts.sum()
-    expected = p * n
-    big = expected >= 5
-    obs = np.append(counts[big], counts[~big].sum())
-    exp = np.append(expected[big], expected[~big].sum())
-    keep = exp > 0
-    assert obs[~keep].sum() == 0, "a token with p = 0 was produced"
-    return float(stats.chisquare(obs[keep], exp[keep] * obs.sum() / exp[keep].sum()).pvalue)
 
 
 def test_seeded_sessions_are_reproducible(channel: grpc.Channel, server: ServerThread, drafters) -> None:

@@ -7,7 +7,6 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from scipy import stats
 
 from bench.inprocess import speculative_generate
 from cloud.verifier import VerifierLimits, VerifySession
@@ -17,6 +16,7 @@ from common.protocol import Block
 from common.rounds import InFlight, SpecState
 from common.types import SamplingParams
 from tests.support.cloud import ReferenceDrafter, greedy_tokens
+from tests.support.stats import chi_square_pvalue
 
 PROMPT = (11, 305, 42, 7, 1500, 99)
 
@@ -62,16 +62,6 @@ def _target_probs(target: LoadedModel, context: tuple[int, ...], temperature: fl
     return probs_from_logits(CachedLM(target).extend(list(context))[-1].numpy(), temperature)
 
 
-def _chi2(counts: np.ndarray, p: np.ndarray) -> float:
-    n = counts.sum()
-    expected = p * n
-    big = expected >= 5
-    obs = np.append(counts[big], counts[~big].sum())
-    exp = np.append(expected[big], expected[~big].sum())
-    keep = exp > 0
-    return float(stats.chisquare(obs[keep], exp[keep]).pvalue)
-
-
 def test_streamed_rounds_sample_the_target_distribution(target: LoadedModel) -> None:
     """Chi-square of the first two tokens over seeded streamed generations (L=1, depth 2): the
     second token is verified as the continuation of the first block, or drafted past a rejection
@@ -87,11 +77,11 @@ def test_streamed_rounds_sample_the_target_distribution(target: LoadedModel) -> 
         voided += run.void_blocks > 0
     assert voided > n // 10  # rejections happened, so void blocks and continuations both occurred
     first = np.bincount([a for a, _ in pairs], minlength=target.vocab_size)
-    assert _chi2(first, _target_probs(target, PROMPT, temp)) > 1e-3
+    assert chi_square_pvalue(first, _target_probs(target, PROMPT, temp)) > 1e-3
     for x0 in np.argsort(-first)[:2]:
         second = np.bincount([b for a, b in pairs if a == x0], minlength=target.vocab_size)
         assert second.sum() >= 100
-        assert _chi2(second, _target_probs(target, (*PROMPT, int(x0)), temp)) > 1e-3
+        assert chi_square_pvalue(second, _target_probs(target, (*PROMPT, int(x0)), temp)) > 1e-3
 
 
 def _run_until(
