@@ -27,16 +27,7 @@ def server() -> Iterator[ServerThread]:
         yield srv
 
 
-@pytest.fixture(scope="module")
-def channel(server: ServerThread) -> Iterator[grpc.Channel]:
-    with grpc.insecure_channel(server.address) as ch:
-        yield ch
-
-
-@pytest.fixture(autouse=True)
-def _no_leaked_sessions(server: ServerThread) -> Iterator[None]:
-    yield
-    assert server.wait_live(0), "a session outlived its test"
+pytestmark = pytest.mark.usefixtures("no_leaked_sessions")
 
 
 def _open(

@@ -29,12 +29,6 @@ def server() -> Iterator[ServerThread]:
         yield srv
 
 
-@pytest.fixture(scope="module")
-def channel(server: ServerThread) -> Iterator[grpc.Channel]:
-    with grpc.insecure_channel(server.address) as ch:
-        yield ch
-
-
 def _open(
     server: ServerThread, channel: grpc.Channel, max_new: int = 50, spec: str = "qs:ell=240"
 ) -> SyncSession:

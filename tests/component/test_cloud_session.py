@@ -35,21 +35,12 @@ def server() -> Iterator[ServerThread]:
         yield srv
 
 
-@pytest.fixture(scope="module")
-def channel(server: ServerThread) -> Iterator[grpc.Channel]:
-    with grpc.insecure_channel(server.address) as ch:
-        yield ch
+pytestmark = pytest.mark.usefixtures("no_leaked_sessions")
 
 
 @pytest.fixture(scope="module")
 def drafters() -> dict[str, LoadedModel]:
     return {name: load_model(f"builtin:{name}") for name in ("tiny-draft", "tiny-draft-far")}
-
-
-@pytest.fixture(autouse=True)
-def _no_leaked_sessions(server: ServerThread) -> Iterator[None]:
-    yield
-    assert server.wait_live(0), "a session outlived its test"
 
 
 def test_info(channel: grpc.Channel, server: ServerThread) -> None:
