@@ -36,14 +36,23 @@ def link_label(row: Row) -> str:
     return rate_label(row["rate_bps"])
 
 
-def pairs(row: Row) -> dict[int, tuple[float, float]]:
-    """prompt index → (tokens, seconds) of a cell's successful requests."""
-    return {int(p["i"]): (float(p["tokens"]), float(p["seconds"])) for p in row.get("per_prompt", [])}
+def pairs(row: Row, num: str = "tokens", den: str = "seconds") -> dict[int, tuple[float, float]]:
+    """prompt index → (num, den) of a cell's successful requests, by default (tokens, seconds)."""
+    return {int(p["i"]): (float(p[num]), float(p[den])) for p in row.get("per_prompt", []) if den in p}
 
 
 def ratio(a: Row, b: Row) -> Estimate:
     """Paired tokens/s ratio a ÷ b over the prompts both completed."""
     return paired_ratio(pairs(a), pairs(b))
+
+
+def acceptance_text(a: Row, b: Row) -> str:
+    """Paired acceptance-rate ratio a ÷ b (accepted / drafted per prompt) with its interval."""
+    r = paired_ratio(pairs(a, "accepted", "drafted"), pairs(b, "accepted", "drafted"))
+    if r.value is None:
+        return "acceptance ratio –"
+    ci = f" [{_fmt(r.lo)}, {_fmt(r.hi)}]" if r.lo is not None else ""
+    return f"acceptance ratio {_fmt(r.value)}×{ci} ({verdict(r)})"
 
 
 def ratio_text(a: Row, b: Row, target: float | None = None) -> str:
@@ -89,7 +98,7 @@ def compare_codecs(rows: Sequence[Row]) -> list[str]:
             lead = {"ahead": "K-SQS ahead", "behind": "C-SQS ahead"}.get(
                 verdict(r), "K-SQS and C-SQS not separated"
             )
-            out.append(f"- regime, {where}: {lead}: {ratio_text(k, c)}")
+            out.append(f"- regime, {where}: {lead}: {ratio_text(k, c)}; {acceptance_text(k, c)}")
         qs = _best(cells, _serial_codec("qs:"))
         sparse = [r for r in cells if r["method"].startswith(("ksqs", "csqs"))]
         if qs:

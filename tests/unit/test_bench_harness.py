@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bench.grid import PROFILES, customise
+from bench.headline import compare_codecs
 from bench.methods import base_label, codec_of, parse_method
 from bench.stats import Estimate, paired_ratio, ratio_of_sums, verdict
 from bench.wire import PREFACE, FrameCounts, FrameParser
@@ -53,6 +54,43 @@ def test_paired_ratio_removes_prompt_variance() -> None:
     assert verdict(r) == "ahead"
     assert verdict(paired_ratio(b, a)) == "behind"
     assert paired_ratio(a, {}).value is None
+
+
+def _cell(method: str, speed: float, accept: float) -> dict[str, object]:
+    """A grid cell of 20 prompts whose speed and acceptance differ per prompt (prompt variance)."""
+    per = [
+        {
+            "i": i,
+            "tokens": 64,
+            "seconds": 64 / (speed * (1 + i % 3)),
+            "drafted": 100,
+            "accepted": round(accept * 100) - i % 2,
+        }
+        for i in range(20)
+    ]
+    return {
+        "pass": "grid",
+        "method": method,
+        "rate_bps": 1e6,
+        "schedule": None,
+        "delay_ms": 20.0,
+        "temperature": 1.0,
+        "tokens_per_s": speed,
+        "per_prompt": per,
+    }
+
+
+def test_regime_headline_reports_paired_speed_and_acceptance() -> None:
+    rows = [_cell("ksqs:k=16,ell=100", 2.0, 0.40), _cell("csqs:alpha=0.05,eta=0.02,ell=240", 2.4, 0.50)]
+    (line,) = [x for x in compare_codecs(rows) if x.startswith("- regime")]
+    assert "C-SQS ahead" in line
+    assert "0.833×" in line  # 2.0 / 2.4 on every prompt
+    assert "acceptance ratio 0.798×" in line  # (800 − 10) / (1,000 − 10) accepted of 2,000 drafted
+    assert line.endswith("(behind)")  # K-SQS accepts less on every prompt
+    tied = compare_codecs(
+        [_cell("ksqs:k=16,ell=100", 2.0, 0.4), _cell("csqs:alpha=0.1,eta=0.02,ell=240", 2.0, 0.4)]
+    )
+    assert "not separated" in tied[0]
 
 
 def test_verdict_needs_the_interval_to_exclude_one() -> None:
