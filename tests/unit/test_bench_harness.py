@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from bench.grid import PROFILES, customise
 from bench.headline import compare_codecs
 from bench.methods import base_label, codec_of, parse_method
+from bench.split import split_ratios
 from bench.stats import Estimate, paired_ratio, ratio_of_sums, verdict
 from bench.wire import PREFACE, FrameCounts, FrameParser
 from common.errors import ConfigError
@@ -56,7 +59,7 @@ def test_paired_ratio_removes_prompt_variance() -> None:
     assert paired_ratio(a, {}).value is None
 
 
-def _cell(method: str, speed: float, accept: float) -> dict[str, object]:
+def _cell(method: str, speed: float, accept: float) -> dict[str, Any]:
     """A grid cell of 20 prompts whose speed and acceptance differ per prompt (prompt variance)."""
     per = [
         {
@@ -65,6 +68,7 @@ def _cell(method: str, speed: float, accept: float) -> dict[str, object]:
             "seconds": 64 / (speed * (1 + i % 3)),
             "drafted": 100,
             "accepted": round(accept * 100) - i % 2,
+            "domain": "code" if i % 2 else "english",
         }
         for i in range(20)
     ]
@@ -91,6 +95,20 @@ def test_regime_headline_reports_paired_speed_and_acceptance() -> None:
         [_cell("ksqs:k=16,ell=100", 2.0, 0.4), _cell("csqs:alpha=0.1,eta=0.02,ell=240", 2.0, 0.4)]
     )
     assert "not separated" in tied[0]
+
+
+def test_split_ratios_separate_the_prompt_domains() -> None:
+    """K-SQS 1.2× faster on the code prompts and 0.8× on the English ones: each subset shows it."""
+    a, b = _cell("ksqs:k=16,ell=100", 2.0, 0.4), _cell("csqs:alpha=0.05,eta=0.02,ell=240", 2.0, 0.4)
+    for prompt in a["per_prompt"]:
+        prompt["seconds"] /= 1.2 if prompt["domain"] == "code" else 0.8
+    got = {(d, m): est for _, d, m, est in split_ratios([a, b], "ksqs", "csqs")}
+    assert verdict(got[("code", "tok/s")]) == "ahead"
+    assert got[("code", "tok/s")].value == pytest.approx(1.2)
+    assert verdict(got[("english", "tok/s")]) == "behind"
+    assert got[("english", "acceptance")].value == pytest.approx(1.0)
+    assert ("all", "tok/s") in got
+    assert split_ratios([a], "ksqs", "csqs") == []  # one arm only: nothing to compare
 
 
 def test_verdict_needs_the_interval_to_exclude_one() -> None:
