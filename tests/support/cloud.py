@@ -8,7 +8,6 @@ import dataclasses
 import queue
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -178,7 +177,9 @@ class SyncSession:
         return reply
 
 
-_OPEN: weakref.WeakSet[SyncSession] = weakref.WeakSet()
+# Strong references on purpose: a session a test dropped is garbage-collected without closing its
+# call, and its request-iterator thread then lives on (a weak set let ~90 of them pile up).
+_OPEN: set[SyncSession] = set()
 
 
 def close_sessions() -> None:
