@@ -86,6 +86,9 @@ async def test_signal_while_starting_stops_without_a_grace_period() -> None:
 
 
 async def test_signal_before_the_loop_ran_counts_as_a_stop() -> None:
+    # EarlySignals installs plain handlers before any loop exists; put back what was there (SIGINT is
+    # SIG_IGN, not default_int_handler, when the suite runs as a background job)
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     early = EarlySignals()
     try:
         os.kill(os.getpid(), signal.SIGTERM)  # e.g. during the heavy imports of a process's main()
@@ -94,8 +97,8 @@ async def test_signal_before_the_loop_ran_counts_as_a_stop() -> None:
         assert await serve_until_signalled(svc, grace=5.0, name="test", early=early) is True
         assert svc.calls == ["start", "ready", "drain(5)", "close"]
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
 
 
 @pytest.mark.parametrize("stage", ["start", "ready"])
