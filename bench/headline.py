@@ -36,9 +36,20 @@ def link_label(row: Row) -> str:
     return rate_label(row["rate_bps"])
 
 
-def pairs(row: Row, num: str = "tokens", den: str = "seconds") -> dict[int, tuple[float, float]]:
-    """prompt index → (num, den) of a cell's successful requests, by default (tokens, seconds)."""
-    return {int(p["i"]): (float(p[num]), float(p[den])) for p in row.get("per_prompt", []) if den in p}
+def pairs(
+    row: Row, num: str = "tokens", den: str = "seconds", domain: str | None = None
+) -> dict[int, tuple[float, float]]:
+    """prompt index → (num, den) of a cell's successful requests (of one prompt domain if given)."""
+    return {
+        int(p["i"]): (float(p[num]), float(p[den]))
+        for p in row.get("per_prompt", [])
+        if den in p and (domain is None or p.get("domain") == domain)
+    }
+
+
+def cell_label(row: Row) -> str:
+    """'1 Mbit/s, 20 ms, T=0.4': the link setting and temperature a headline line is about."""
+    return f"{link_label(row)}, {row['delay_ms']:g} ms, T={row['temperature']}"
 
 
 def ratio(a: Row, b: Row) -> Estimate:
@@ -67,7 +78,7 @@ def ratio_text(a: Row, b: Row, target: float | None = None) -> str:
     )
 
 
-def _groups(rows: Sequence[Row]) -> dict[tuple[str, float, str | None, float, float], list[Row]]:
+def groups(rows: Sequence[Row]) -> dict[tuple[str, float, str | None, float, float], list[Row]]:
     """Cells sharing one link setting and temperature (pass, rate, schedule, delay, T)."""
     out: dict[tuple[str, float, str | None, float, float], list[Row]] = {}
     for r in rows:
@@ -90,8 +101,8 @@ def _serial_codec(prefix: str) -> Any:
 def compare_codecs(rows: Sequence[Row]) -> list[str]:
     """Regime (K-SQS vs C-SQS), sparse vs best QS (goal 1.2×), sparse vs dense:fp16, per link and T."""
     out: list[str] = []
-    for (_, _, _, _, temp), cells in _groups(rows).items():
-        where = f"{link_label(cells[0])}, {cells[0]['delay_ms']:g} ms, T={temp}"
+    for cells in groups(rows).values():
+        where = cell_label(cells[0])
         k, c = _best(cells, _serial_codec("ksqs")), _best(cells, _serial_codec("csqs"))
         if k and c:
             r = ratio(k, c)
@@ -112,8 +123,8 @@ def compare_codecs(rows: Sequence[Row]) -> list[str]:
 def compare_streamed(rows: Sequence[Row], streamed_goal: float) -> list[str]:
     """Streamed ÷ serial (same codec), adaptive ÷ best static arm, per link and T."""
     out: list[str] = []
-    for (kind, _, _, _, temp), cells in _groups(rows).items():
-        where = f"{link_label(cells[0])}, {cells[0]['delay_ms']:g} ms, T={temp}"
+    for (kind, *_), cells in groups(rows).items():
+        where = cell_label(cells[0])
         by_label = {r["method"]: r for r in cells}
         for r in cells:
             m = parse_method(r["method"])

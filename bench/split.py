@@ -6,42 +6,26 @@ import argparse
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from bench.headline import Row, link_label
+from bench.headline import Row, cell_label, groups, pairs
 from bench.stats import Estimate, paired_ratio, verdict
 
 METRICS = {"tok/s": ("tokens", "seconds"), "acceptance": ("accepted", "drafted")}
 
 
-def _subset(row: Row, domain: str | None, num: str, den: str) -> dict[int, tuple[float, float]]:
-    """prompt index → (num, den) for the row's prompts of that domain (None: every prompt)."""
-    return {
-        int(p["i"]): (float(p[num]), float(p[den]))
-        for p in row.get("per_prompt", [])
-        if den in p and (domain is None or p.get("domain") == domain)
-    }
-
-
 def split_ratios(rows: Sequence[Row], a: str, b: str) -> list[tuple[str, str, str, Estimate]]:
     """(cell, domain, metric, a ÷ b) for every grid/markov cell holding both arms (prefix match)."""
-    cells: dict[tuple[Any, ...], dict[str, Row]] = {}
-    for r in rows:
-        if r.get("pass") in ("grid", "markov") and r.get("per_prompt"):
-            key = (r["pass"], r["rate_bps"], r.get("schedule"), r["delay_ms"], r["temperature"])
-            cells.setdefault(key, {})[r["method"]] = r
     out: list[tuple[str, str, str, Estimate]] = []
-    for by_method in cells.values():
-        ra = next((r for m, r in by_method.items() if m.startswith(a)), None)
-        rb = next((r for m, r in by_method.items() if m.startswith(b)), None)
+    for cells in groups(rows).values():
+        ra = next((r for r in cells if r["method"].startswith(a)), None)
+        rb = next((r for r in cells if r["method"].startswith(b)), None)
         if ra is None or rb is None:
             continue
-        where = f"{link_label(ra)}, {ra['delay_ms']:g} ms, T={ra['temperature']}"
-        domains = sorted({str(p.get("domain")) for p in ra["per_prompt"] if p.get("domain")})
+        domains = sorted({str(p["domain"]) for p in ra["per_prompt"] if p.get("domain")})
         for domain in [None, *domains]:
             for metric, (num, den) in METRICS.items():
-                est = paired_ratio(_subset(ra, domain, num, den), _subset(rb, domain, num, den))
-                out.append((where, domain or "all", metric, est))
+                est = paired_ratio(pairs(ra, num, den, domain), pairs(rb, num, den, domain))
+                out.append((cell_label(ra), domain or "all", metric, est))
     return out
 
 
